@@ -1,0 +1,91 @@
+"""The FastAPI app: `create_app(settings)` builds it; the engine starts in the lifespan (in the
+background, so /health can say it is loading) and shuts down when the app stops."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from guard.interface import Guard
+from serve.default_model import DEFAULT_MODEL_NAME, ensure_default_model
+from serve.engine import Engine
+from serve.errors import install_error_handlers
+from serve.metrics import HTTPMetricsMiddleware, ServerMetrics
+from serve.routes import router
+from serve.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AppState:
+    """Objects that live as long as the app; handed to routes through dependencies."""
+
+    settings: Settings
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    engine: Engine | None = None
+    guard: Guard | None = None
+    model_name: str = ""
+    startup_error: str | None = None
+
+    @property
+    def guard_status(self) -> str:
+        return self.guard.name if self.guard is not None else "not configured"
+
+
+def resolve_model(settings: Settings) -> tuple[str, str]:
+    """(model path or hub id, served name); converts the default model on first use."""
+    if settings.model is None:
+        path = str(ensure_default_model(settings.cache_dir))
+        return path, settings.served_model_name or DEFAULT_MODEL_NAME
+    model = str(Path(settings.model).expanduser()) if Path(settings.model).expanduser().is_dir() else settings.model
+    return model, settings.served_model_name or Path(model.rstrip("/")).name
+
+
+async def start_engine(state: AppState, stack: AsyncExitStack) -> None:
+    """Resolve the model and start the engine; on failure, record why and stop the server."""
+    settings = state.settings
+    try:
+        model, name = await asyncio.to_thread(resolve_model, settings)
+        state.model_name = name
+        log.info("starting the vLLM engine for %s (%s)", name, model)
+        state.engine = await stack.enter_async_context(Engine.start(model, name, settings.engine, settings.cache_dir))
+        state.metrics.engine_ready.set(1)
+        log.info("engine ready: serving %s (context %d tokens); guard: %s", name, state.engine.max_model_len,
+                 state.guard_status)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        state.startup_error = f"{type(exc).__name__}: {exc}"
+        log.exception("the engine failed to start")
+        signal.raise_signal(signal.SIGTERM)  # let the server shut down; the CLI exits non-zero
+
+
+def create_app(settings: Settings) -> FastAPI:
+    state = AppState(settings=settings)
+    if state.guard is None:
+        log.warning("no guard is configured: requests and replies are NOT checked for safety")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async with AsyncExitStack() as stack:
+            task = asyncio.create_task(start_engine(state, stack))
+            try:
+                yield
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                state.metrics.engine_ready.set(0)
+
+    app = FastAPI(title="guardchat", version="0.1.0", lifespan=lifespan,
+                  description="A safety-guarded, OpenAI-compatible chat server on vLLM.")
+    app.state.guardchat = state
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(HTTPMetricsMiddleware, metrics=state.metrics)
+    return app

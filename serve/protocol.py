@@ -1,0 +1,205 @@
+"""OpenAI chat-completions schema: request models that validate themselves and turn into vLLM
+sampling parameters, and the response shapes the server sends back."""
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from guard.interface import Message
+from serve.errors import APIError
+
+UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs", "audio",
+               "modalities", "prediction")
+
+
+class TextPart(BaseModel):
+    """A text part of a message's content (images and audio are not supported)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """One message of the conversation."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def to_message(self) -> Message:
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        # "developer" is OpenAI's newer name for the system role.
+        return Message(role="system" if self.role == "developer" else self.role, content=text)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = Field(False, description="Send a last chunk with token usage before [DONE].")
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text"] = Field(description="Only plain text output is supported.")
+
+
+class ChatCompletionRequest(BaseModel):
+    """POST /v1/chat/completions body (OpenAI's schema; unknown extra fields are ignored)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(description="Name of the served model (see GET /v1/models).")
+    messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far.")
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate (default: the rest of the context).")
+    max_completion_tokens: int | None = Field(None, ge=1, description="Newer name for max_tokens; wins if both are set.")
+    n: int = Field(1, ge=1, description="Number of choices to generate.")
+    stop: str | list[str] | None = Field(None, description="Up to 16 strings that end generation (not included).")
+    seed: int | None = Field(None, description="Makes sampling reproducible.")
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = Field(None, description="Token id -> bias in [-100, 100].")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
+    user: str | None = None
+    ignore_eos: bool = Field(False, description="vLLM extension: keep generating past end-of-sequence (benchmarks).")
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, stop: str | list[str] | None) -> list[str]:
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if len(stops) > 16:
+            raise ValueError("at most 16 stop sequences")
+        if any(not s for s in stops):
+            raise ValueError("stop sequences must be non-empty")
+        return stops
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        for token, value in (bias or {}).items():
+            if not token.lstrip("-").isdigit() or int(token) < 0:
+                raise ValueError(f"keys must be token ids, got {token!r}")
+            if not -100 <= value <= 100:
+                raise ValueError(f"bias for token {token} must be in [-100, 100], got {value}")
+        return bias
+
+    @model_validator(mode="after")
+    def _refuse_unsupported(self) -> ChatCompletionRequest:
+        for name in UNSUPPORTED:
+            if (self.model_extra or {}).get(name) not in (None, False, [], {}):
+                raise APIError(400, f"'{name}' is not supported by this server", param=name)
+        if self.stream_options is not None and not self.stream:
+            raise APIError(400, "'stream_options' is only allowed when 'stream' is true", param="stream_options")
+        return self
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def to_messages(self) -> list[Message]:
+        return [m.to_message() for m in self.messages]
+
+    def to_sampling_params(self, prompt_tokens: int, max_model_len: int, vocab_size: int):
+        """vLLM SamplingParams for this request, after checking it fits the context window."""
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        room = max_model_len - prompt_tokens
+        requested = self.max_completion_tokens or self.max_tokens
+        if room <= 0 or (requested is not None and requested > room):
+            raise APIError(
+                400, f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+                f"{prompt_tokens + (requested or 0)} tokens ({prompt_tokens} in the messages, {requested or 0} in "
+                "the completion). Please reduce the length of the messages or completion.",
+                param="messages", code="context_length_exceeded")
+        bias = {int(k): v for k, v in (self.logit_bias or {}).items()}
+        if any(k >= vocab_size for k in bias):
+            raise APIError(400, f"logit_bias token ids must be below the vocabulary size {vocab_size}",
+                           param="logit_bias")
+        return SamplingParams(
+            n=self.n, temperature=self.temperature, top_p=self.top_p, max_tokens=requested or room,
+            stop=self.stop or None, seed=self.seed, presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty, logit_bias=bias or None, ignore_eos=self.ignore_eos,
+            output_kind=RequestOutputKind.DELTA)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                   total_tokens=prompt_tokens + completion_tokens)
+
+
+FinishReason = Literal["stop", "length", "content_filter"]
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: FinishReason | None
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    """A non-streamed reply."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: Delta
+    finish_reason: FinishReason | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed reply."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "guardchat"
+    root: str | None = None
+    max_model_len: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+def finish_reason(vllm_reason: str | None) -> FinishReason | None:
+    """vLLM's finish reasons in OpenAI's words."""
+    return {"stop": "stop", "length": "length", None: None}.get(vllm_reason, "stop")  # type: ignore[return-value]
+

@@ -1,0 +1,83 @@
+"""HTTP endpoints: thin routers over the chat run, the engine and the metrics."""
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from serve.chat import ChatRun
+from serve.engine import Engine
+from serve.errors import APIError
+from serve.protocol import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList
+
+router = APIRouter()
+STARTED = int(time.time())
+
+
+def get_state(request: Request):
+    return request.app.state.guardchat
+
+
+def check_api_key(request: Request) -> None:
+    key = get_state(request).settings.server.api_key
+    if key is None:
+        return
+    header = request.headers.get("authorization", "")
+    if header != f"Bearer {key}":
+        raise APIError(401, "Incorrect or missing API key. Send 'Authorization: Bearer <key>'.",
+                       code="invalid_api_key")
+
+
+def get_engine(request: Request) -> Engine:
+    state = get_state(request)
+    if state.engine is None:
+        raise APIError(503, "The model is still loading; retry shortly (see GET /health).", code="engine_not_ready")
+    if not state.engine.healthy:
+        raise APIError(503, "The engine has stopped; the server needs a restart.", code="engine_dead")
+    return state.engine
+
+
+Authorized = Depends(check_api_key)
+EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+@router.post("/v1/chat/completions", dependencies=[Authorized], response_model=ChatCompletion)
+async def chat_completions(body: ChatCompletionRequest, request: Request, engine: EngineDep):
+    state = get_state(request)
+    if body.model != engine.model_name:
+        raise APIError(404, f"The model '{body.model}' does not exist. This server serves '{engine.model_name}'.",
+                       param="model", code="model_not_found")
+    if body.n > state.settings.server.max_n:
+        raise APIError(400, f"'n' must be at most {state.settings.server.max_n}", param="n")
+    run = ChatRun(engine=engine, guard=state.guard, metrics=state.metrics, request=body)
+    if body.stream:
+        return StreamingResponse(run.stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Request-Id": run.id})
+    return await run.complete()
+
+
+@router.get("/v1/models", dependencies=[Authorized], response_model=ModelList)
+async def models(engine: EngineDep) -> ModelList:
+    return ModelList(data=[ModelCard(id=engine.model_name, created=STARTED, root=engine.model_path,
+                                     max_model_len=engine.max_model_len)])
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    """200 once the engine serves requests; 503 while it loads, or after it failed."""
+    state = get_state(request)
+    body = {"model": state.model_name or None, "guard": state.guard_status}
+    if state.startup_error:
+        return JSONResponse({"status": "failed", "error": state.startup_error, **body}, status_code=503)
+    if state.engine is None:
+        return JSONResponse({"status": "loading", **body}, status_code=503)
+    if not state.engine.healthy:
+        return JSONResponse({"status": "engine_dead", **body}, status_code=503)
+    return JSONResponse({"status": "ok", **body})
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(get_state(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

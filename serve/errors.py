@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -36,9 +37,14 @@ def error_payload(message: str, type: str = "invalid_request_error", param: str 
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+# pydantic puts the tried member of a union into the location ('str', 'list[TextPart]', 'TextPart'):
+# not a parameter name, so left out of `param`.
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\]|[A-Z]\w*)$")
+
+
 def _param_of(loc: tuple) -> str | None:
     """('body', 'messages', 0, 'role') -> 'messages[0].role'."""
-    parts = [p for p in loc if p != "body"]
+    parts = [p for p in loc if p != "body" and not (isinstance(p, str) and _UNION_MEMBER.match(p))]
     if not parts or not isinstance(parts[0], str):
         return None
     out = parts[0]

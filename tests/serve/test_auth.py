@@ -1,0 +1,29 @@
+"""An API key, when configured, is required on the API but not on /health and /metrics."""
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.support import ServerProcess, free_port
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory, tiny_model_dir, cache_dir):
+    log = tmp_path_factory.mktemp("logs") / "keyed.log"
+    with ServerProcess.guardchat(tiny_model_dir, free_port(), log, "--cache-dir", str(cache_dir),
+                                 "--engine.kv-cache-gib", "0.0625", "--engine.max-model-len", "512",
+                                 env={"GUARDCHAT_SERVER__API_KEY": "s3cret"}) as server:
+        yield server
+
+
+def test_api_key_required(keyed_server, model_name):
+    url = keyed_server.base_url
+    wrong = openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
+    right = openai.OpenAI(base_url=url + "/v1", api_key="s3cret", max_retries=0)
+    reply = right.chat.completions.create(model=model_name, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert reply.choices[0].message.content is not None
+    assert httpx.get(url + "/health").status_code == 200
+    assert httpx.get(url + "/metrics").status_code == 200

@@ -1,0 +1,148 @@
+"""Serving overhead: our server (FastAPI + guard seams + in-process AsyncLLM) vs vLLM's own OpenAI
+server, on the same model with the same engine settings and core pinning, under the same streaming
+load. Prints throughput ours/raw and TTFT p50/p99 for both. Run one heavy job at a time.
+
+    .venv/bin/python bench/serve_overhead.py [--concurrency 16 64] [--max-tokens 128] [--rounds 2]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from serve.default_model import DEFAULT_MODEL_NAME, ensure_default_model  # noqa: E402
+from serve.engine import default_cpu_bind  # noqa: E402
+from serve.settings import default_cache_dir  # noqa: E402
+from tests.support import ServerProcess, free_port  # noqa: E402
+
+PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
+
+
+@dataclass
+class Run:
+    server: str
+    concurrency: int
+    tokens: int
+    seconds: float
+    ttfts: list[float]
+    prompt_tokens: int
+
+    @property
+    def throughput(self) -> float:
+        return self.tokens / self.seconds
+
+    def ttft(self, q: float) -> float:
+        return statistics.quantiles(self.ttfts, n=100, method="inclusive")[int(q * 100) - 1] if len(self.ttfts) > 1 \
+            else self.ttfts[0]
+
+
+async def one_stream(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[float, int, int]:
+    """(time to first content token, completion tokens, prompt tokens) of one streamed request."""
+    start = time.perf_counter()
+    ttft, usage = None, None
+    async with session.post(url, json=body) as r:
+        r.raise_for_status()
+        async for raw in r.content:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if ttft is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                ttft = time.perf_counter() - start
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+    return ttft or float("nan"), usage["completion_tokens"], usage["prompt_tokens"]
+
+
+async def load(base_url: str, name: str, model: str, concurrency: int, per_worker: int, max_tokens: int) -> Run:
+    body = {"model": model, "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0.8, "stream": True,
+            "ignore_eos": True, "stream_options": {"include_usage": True}}
+    url = base_url + "/v1/chat/completions"
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+        await one_stream(session, url, {**body, "max_tokens": 4})  # warm the connection path
+
+        async def worker() -> list[tuple[float, int, int]]:
+            return [await one_stream(session, url, body) for _ in range(per_worker)]
+
+        start = time.perf_counter()
+        results = [r for rs in await asyncio.gather(*(worker() for _ in range(concurrency))) for r in rs]
+        seconds = time.perf_counter() - start
+    return Run(name, concurrency, sum(r[1] for r in results), seconds, [r[0] for r in results], results[0][2])
+
+
+def servers(model_dir: Path, logs: Path, kv_gib: float, max_len: int) -> dict[str, ServerProcess]:
+    bind = default_cpu_bind()
+    env = {"VLLM_CPU_OMP_THREADS_BIND": bind}
+    ours = ServerProcess.guardchat(None, free_port(), logs / "ours.log", "--engine.kv-cache-gib", str(kv_gib),
+                                   "--engine.max-model-len", str(max_len), "--server.log-level", "warning", env=env)
+    port = free_port()
+    raw = ServerProcess(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+         "--served-model-name", DEFAULT_MODEL_NAME, "--dtype", "bfloat16", "--max-model-len", str(max_len),
+         "--kv-cache-memory-bytes", str(int(kv_gib * 2**30)), "--max-num-seqs", "128", "--enforce-eager",
+         "--seed", "0", "--port", str(port), "--host", "127.0.0.1", "--uvicorn-log-level", "warning"],
+        port, logs / "raw.log", env={**env, "VLLM_CACHE_ROOT": str(default_cache_dir() / "vllm")})
+    return {"ours": ours, "raw": raw}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--per-worker", type=int, default=2, help="requests each concurrent client sends in a row")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating ours/raw rounds per concurrency")
+    ap.add_argument("--kv-cache-gib", type=float, default=1.0)
+    ap.add_argument("--max-model-len", type=int, default=2048)
+    args = ap.parse_args()
+
+    model_dir = ensure_default_model(default_cache_dir())
+    logs = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    procs = servers(model_dir, logs, args.kv_cache_gib, args.max_model_len)
+    print(f"model {DEFAULT_MODEL_NAME} bf16, engine cores {default_cpu_bind()}, logs in {logs}", flush=True)
+    runs: list[Run] = []
+    try:
+        for proc in procs.values():
+            proc.start()
+        for c in args.concurrency:
+            for r in range(args.rounds):
+                order = ["ours", "raw"] if r % 2 == 0 else ["raw", "ours"]
+                for name in order:
+                    run = asyncio.run(load(procs[name].base_url, name, DEFAULT_MODEL_NAME, c, args.per_worker,
+                                           args.max_tokens))
+                    runs.append(run)
+                    print(f"  c={c:3d} round {r} {name:4s}: {run.throughput:7.1f} tok/s, "
+                          f"TTFT p50 {run.ttft(0.5) * 1000:6.1f} ms, prompt {run.prompt_tokens} tokens", flush=True)
+    finally:
+        for proc in procs.values():
+            proc.stop()
+    report(runs, args)
+
+
+def report(runs: list[Run], args) -> None:
+    print(f"\nstreaming load: {args.per_worker} requests per client x {args.max_tokens} tokens (ignore_eos), "
+          f"median over {args.rounds} rounds")
+    print(f"{'conc':>4} | {'ours tok/s':>10} {'raw tok/s':>10} {'ratio':>6} | {'TTFT p50 ours/raw ms':>21} "
+          f"{'overhead':>8} | {'TTFT p99 ours/raw ms':>21}")
+    for c in args.concurrency:
+        def med(name, f):
+            return statistics.median(f(r) for r in runs if r.server == name and r.concurrency == c)
+        tput = {n: med(n, lambda r: r.throughput) for n in ("ours", "raw")}
+        p50 = {n: med(n, lambda r: r.ttft(0.5)) * 1000 for n in ("ours", "raw")}
+        p99 = {n: med(n, lambda r: r.ttft(0.99)) * 1000 for n in ("ours", "raw")}
+        print(f"{c:>4} | {tput['ours']:>10.1f} {tput['raw']:>10.1f} {tput['ours'] / tput['raw']:>6.3f} | "
+              f"{p50['ours']:>10.1f} {p50['raw']:>10.1f} {p50['ours'] - p50['raw']:>+8.1f} | "
+              f"{p99['ours']:>10.1f} {p99['raw']:>10.1f}")
+
+
+if __name__ == "__main__":
+    main()

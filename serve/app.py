@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ class AppState:
     guard: Guard | None = None
     model_name: str = ""
     startup_error: str | None = None
+    # How a fatal start-up error stops the server; the CLI points it at uvicorn's should_exit.
+    request_shutdown: Callable[[], None] = lambda: signal.raise_signal(signal.SIGTERM)
 
     @property
     def guard_status(self) -> str:
@@ -63,7 +66,7 @@ async def start_engine(state: AppState, stack: AsyncExitStack) -> None:
     except Exception as exc:
         state.startup_error = f"{type(exc).__name__}: {exc}"
         log.exception("the engine failed to start")
-        signal.raise_signal(signal.SIGTERM)  # let the server shut down; the CLI exits non-zero
+        state.request_shutdown()  # the CLI then exits non-zero
 
 
 def create_app(settings: Settings) -> FastAPI:

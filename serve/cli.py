@@ -50,7 +50,9 @@ def serve(args: Sequence[str]) -> int:
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.server.host, port=settings.server.port,
                             log_level=settings.server.log_level, timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    app.state.guardchat.request_shutdown = lambda: setattr(server, "should_exit", True)
+    server.run()
     error = app.state.guardchat.startup_error
     if error:
         print(f"guardchat serve: the engine failed to start: {error}", file=sys.stderr)

@@ -5,6 +5,7 @@ the engine's delta outputs.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -44,6 +45,24 @@ def prepare_process_env(settings: EngineSettings, cache_dir: Path) -> None:
     os.environ.setdefault("TMPDIR", str(cache_dir / "tmp"))
 
 
+def _build_async_llm(model: str, name: str, settings: EngineSettings):
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    args = AsyncEngineArgs(
+        model=model,
+        served_model_name=name,
+        dtype=settings.dtype,
+        max_model_len=settings.max_model_len,
+        kv_cache_memory_bytes=int(settings.kv_cache_gib * 2**30),
+        max_num_seqs=settings.max_num_seqs,
+        enforce_eager=settings.enforce_eager,
+        seed=settings.seed,
+        **settings.engine_args,
+    )
+    return AsyncLLM.from_engine_args(args)
+
+
 class Engine:
     """An AsyncLLM engine and the tokenizer that turns chat messages into its prompt tokens."""
 
@@ -59,21 +78,9 @@ class Engine:
     async def start(cls, model: str, name: str, settings: EngineSettings, cache_dir: Path) -> AsyncIterator[Engine]:
         """Start the engine (its EngineCore runs in a child process) and shut it down on exit."""
         prepare_process_env(settings, cache_dir)
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        args = AsyncEngineArgs(
-            model=model,
-            served_model_name=name,
-            dtype=settings.dtype,
-            max_model_len=settings.max_model_len,
-            kv_cache_memory_bytes=int(settings.kv_cache_gib * 2**30),
-            max_num_seqs=settings.max_num_seqs,
-            enforce_eager=settings.enforce_eager,
-            seed=settings.seed,
-            **settings.engine_args,
-        )
-        llm = AsyncLLM.from_engine_args(args)
+        # Importing vLLM and starting its EngineCore take tens of seconds of blocking work: done in a
+        # thread so that the server keeps answering (/health says "loading") meanwhile.
+        llm = await asyncio.to_thread(_build_async_llm, model, name, settings)
         try:
             yield cls(llm, name, model)
         finally:

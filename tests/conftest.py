@@ -11,7 +11,7 @@ from serve.default_model import ensure_default_model
 from serve.settings import default_cache_dir
 from tests.support import ServerProcess, build_tiny_llama, free_port
 
-TINY_CONTEXT = 2048
+TINY_CONTEXT = 32768  # long enough that a request outlives a disconnect
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 
 
 def build_tiny_llama(target: Path, tokenizer_dir: Path, *, layers: int = 2, hidden: int = 128,
-                     max_positions: int = 4096, seed: int = 0) -> Path:
+                     max_positions: int = 32768, seed: int = 0) -> Path:
     """A random-weight Llama with SmolLM2's tokenizer and chat template, built in seconds.
     head_dim is 64 (hidden / 2 heads): vLLM's CPU attention rejects small head sizes such as 16."""
     import torch
@@ -57,6 +57,7 @@ class ServerProcess:
         self.ready_path = ready_path
         self.base_url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
+        self.health_seen: list[tuple[int, str]] = []  # (status, body status) while waiting to be ready
 
     @classmethod
     def guardchat(cls, model: Path | None, port: int, log_path: Path, *extra: str, **kw) -> ServerProcess:
@@ -74,7 +75,9 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
             try:
-                if httpx.get(self.base_url + self.ready_path, timeout=2).status_code == 200:
+                r = httpx.get(self.base_url + self.ready_path, timeout=2)
+                self.health_seen.append((r.status_code, r.text))
+                if r.status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

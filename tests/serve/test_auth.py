@@ -1,4 +1,4 @@
-"""An API key, when configured, is required on the API but not on /health and /metrics."""
+"""A second server: /health while loading, and an API key required on the API but not on /health and /metrics."""
 from __future__ import annotations
 
 import httpx
@@ -15,6 +15,13 @@ def keyed_server(tmp_path_factory, tiny_model_dir, cache_dir):
                                  "--engine.kv-cache-gib", "0.0625", "--engine.max-model-len", "512",
                                  env={"GUARDCHAT_SERVER__API_KEY": "s3cret"}) as server:
         yield server
+
+
+def test_health_says_loading_until_the_engine_is_ready(keyed_server):
+    statuses = [status for status, _ in keyed_server.health_seen]
+    assert statuses[-1] == 200
+    loading = [body for status, body in keyed_server.health_seen if status == 503]
+    assert loading and all('"loading"' in body and '"not configured"' in body for body in loading)
 
 
 def test_api_key_required(keyed_server, model_name):

@@ -1,0 +1,37 @@
+"""Hazard categories: the MLCommons taxonomy as Llama Guard 3 numbers it (S1..S14), plus prompt
+injection / jailbreak, judged on its own (a jailbreak wrapper is not itself a harmful request)."""
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Category(str, Enum):
+    VIOLENT_CRIMES = "violent_crimes"                      # S1
+    NON_VIOLENT_CRIMES = "non_violent_crimes"              # S2: fraud, phishing, malware, theft, drugs
+    SEX_CRIMES = "sex_related_crimes"                      # S3
+    CHILD_EXPLOITATION = "child_sexual_exploitation"       # S4
+    DEFAMATION = "defamation"                              # S5
+    SPECIALIZED_ADVICE = "specialized_advice"              # S6: dangerous medical/legal/financial advice
+    PRIVACY = "privacy"                                    # S7: PII, doxxing, surveillance
+    INTELLECTUAL_PROPERTY = "intellectual_property"        # S8
+    INDISCRIMINATE_WEAPONS = "indiscriminate_weapons"      # S9: CBRNE
+    HATE = "hate"                                          # S10
+    SELF_HARM = "suicide_self_harm"                        # S11
+    SEXUAL_CONTENT = "sexual_content"                      # S12
+    ELECTIONS = "elections"                                # S13
+    CODE_INTERPRETER_ABUSE = "code_interpreter_abuse"      # S14
+    PROMPT_INJECTION = "prompt_injection"                  # jailbreaks and injected instructions
+
+    @property
+    def llama_guard_code(self) -> str | None:
+        """'S1'..'S14' for the hazard categories (None for prompt injection)."""
+        members = list(Category)
+        index = members.index(self)
+        return f"S{index + 1}" if index < 14 else None
+
+    @classmethod
+    def from_llama_guard(cls, code: str) -> Category:
+        return list(cls)[int(code.strip().lstrip("S")) - 1]
+
+
+HAZARDS = tuple(c for c in Category if c is not Category.PROMPT_INJECTION)

@@ -47,6 +47,7 @@ class Release:
 
     text: str
     verdict: Verdict | None = None
+    delay: float = 0.0  # seconds the released text was held back for checking
 
     @property
     def blocked(self) -> bool:

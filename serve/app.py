@@ -12,7 +12,11 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from guard.interface import Guard
+from guard.artifact import ensure_artifact
+from guard.interface import Action, Verdict
+from guard.pipeline import GuardPipeline
+from serve.audit import AuditLog
+from serve.chat import current_request_id
 from serve.default_model import DEFAULT_MODEL_NAME, ensure_default_model
 from serve.engine import Engine
 from serve.errors import install_error_handlers
@@ -30,7 +34,8 @@ class AppState:
     settings: Settings
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     engine: Engine | None = None
-    guard: Guard | None = None
+    guard: GuardPipeline | None = None
+    audit: AuditLog | None = None
     model_name: str = ""
     startup_error: str | None = None
     # How a fatal start-up error stops the server; the CLI points it at uvicorn's should_exit.
@@ -38,7 +43,9 @@ class AppState:
 
     @property
     def guard_status(self) -> str:
-        return self.guard.name if self.guard is not None else "not configured"
+        if self.guard is not None:
+            return self.guard.name
+        return "loading" if self.settings.guard.enabled and self.startup_error is None else "not configured"
 
 
 def resolve_model(settings: Settings) -> tuple[str, str]:
@@ -50,10 +57,34 @@ def resolve_model(settings: Settings) -> tuple[str, str]:
     return model, settings.served_model_name or Path(model.rstrip("/")).name
 
 
+def start_guard(state: AppState) -> GuardPipeline:
+    """Load (or train, on first start) the guard and wire its decisions to metrics and the audit log."""
+    settings = state.settings
+    folder = ensure_artifact(settings.guard, settings.cache_dir)
+    audit = AuditLog(settings.guard.audit_db or settings.cache_dir / "audit.db", settings.guard.audit_raw_text)
+    metrics = state.metrics
+
+    def observe(direction: str, verdict: Verdict, seconds: float, text: str) -> None:
+        metrics.guard_latency.labels(direction).observe(seconds)
+        metrics.guard_decisions.labels(direction, verdict.category or "none", verdict.action.value).inc()
+        if verdict.reason.startswith("guard error"):
+            metrics.guard_errors.labels(direction).inc()
+        if verdict.action is not Action.ALLOW:
+            audit.record(current_request_id.get(), direction, verdict, text)
+
+    state.audit = audit
+    return GuardPipeline.load(folder, settings.guard, observe)
+
+
 async def start_engine(state: AppState, stack: AsyncExitStack) -> None:
-    """Resolve the model and start the engine; on failure, record why and stop the server."""
+    """Start the guard, resolve the model and start the engine; on failure, record why and stop the server."""
     settings = state.settings
     try:
+        if settings.guard.enabled:
+            state.guard = await asyncio.to_thread(start_guard, state)
+            stack.callback(state.guard.close)
+            stack.callback(state.audit.close)
+            log.info("guard ready: %s", state.guard.name)
         model, name = await asyncio.to_thread(resolve_model, settings)
         state.model_name = name
         log.info("starting the vLLM engine for %s (%s)", name, model)
@@ -71,8 +102,8 @@ async def start_engine(state: AppState, stack: AsyncExitStack) -> None:
 
 def create_app(settings: Settings) -> FastAPI:
     state = AppState(settings=settings)
-    if state.guard is None:
-        log.warning("no guard is configured: requests and replies are NOT checked for safety")
+    if not settings.guard.enabled:
+        log.warning("no guard is configured (guard.enabled is off): requests and replies are NOT checked for safety")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -3,6 +3,7 @@ OpenAI response (one JSON body, or server-sent events)."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import time
@@ -15,9 +16,11 @@ from serve.engine import Engine
 from serve.errors import APIError, error_payload
 from serve.metrics import ServerMetrics
 from serve.protocol import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
-                            ChunkChoice, Delta, Usage, finish_reason)
+                            ChunkChoice, Delta, GuardInfo, GuardReport, Usage, finish_reason)
 
 log = logging.getLogger(__name__)
+# The request a guard decision belongs to (read by the audit log).
+current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 
 def sse(payload: str) -> str:
@@ -27,12 +30,26 @@ def sse(payload: str) -> str:
 SSE_DONE = sse("[DONE]")
 
 
-def refusal_text(messages_text: str) -> str:
-    """A short refusal in the user's language (Chinese if the request is mostly CJK)."""
-    cjk = sum("\u4e00" <= ch <= "\u9fff" for ch in messages_text)
-    if cjk > len(messages_text) / 4:
-        return "抱歉，我不能协助处理这个请求。"
-    return "Sorry, I can't help with that request."
+def is_chinese(text: str) -> bool:
+    cjk = sum("\u4e00" <= ch <= "\u9fff" for ch in text)
+    letters = sum(ch.isalpha() for ch in text)
+    return cjk > 0 and cjk >= letters / 3
+
+
+def refusal_text(user_text: str, category: str | None) -> str:
+    """A short refusal in the user's language that names the concern."""
+    topic = (category or "safety").replace("_", " ")
+    if is_chinese(user_text):
+        return f"抱歉，我不能协助处理这个请求（安全类别：{topic}）。如果你有其他问题，我很乐意帮忙。"
+    return f"Sorry, I can't help with that request (safety category: {topic}). I'm happy to help with something else."
+
+
+def cut_notice(user_text: str, category: str | None) -> str:
+    """Appended when the output guard stops a reply that had already begun."""
+    topic = (category or "safety").replace("_", " ")
+    if is_chinese(user_text):
+        return f"\n\n[回答已被安全过滤器中止：{topic}]"
+    return f"\n\n[Response stopped by the safety filter: {topic}]"
 
 
 @dataclass
@@ -45,6 +62,7 @@ class ChatRun:
     request: ChatCompletionRequest
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
+    input_verdict: Verdict | None = None
 
     def __post_init__(self) -> None:
         if not self.engine.has_chat_template:
@@ -53,27 +71,39 @@ class ChatRun:
         self.prompt_ids = self.engine.chat_prompt(self.messages)
         self.params = self.request.to_sampling_params(
             len(self.prompt_ids), self.engine.max_model_len, len(self.engine.tokenizer))
+        self.user_text = next((m.content for m in reversed(self.messages) if m.role == "user"), "")
 
     async def check_input(self) -> Verdict | None:
         """Guard seam 1: the input verdict before any engine call (None when no guard is configured)."""
-        return None if self.guard is None else await self.guard.check_input(self.messages)
+        current_request_id.set(self.id)
+        if self.guard is not None:
+            self.input_verdict = await self.guard.check_input(self.messages)
+        return self.input_verdict
+
+    @property
+    def refused(self) -> bool:
+        return self.input_verdict is not None and self.input_verdict.blocked
 
     def output_gate(self) -> OutputGate:
         """Guard seam 2: moderation of each choice's output before the client sees it."""
         return Unguarded() if self.guard is None else self.guard.output_gate()
 
-    def refusal(self) -> str:
-        return refusal_text(" ".join(m.content for m in self.messages if m.role == "user"))
+    def _report(self, output: list[Verdict | None]) -> GuardReport | None:
+        if self.guard is None:
+            return None
+        return GuardReport(input=GuardInfo.of(self.input_verdict) if self.input_verdict else None,
+                           output=[GuardInfo.of(v) if v else None for v in output])
 
     async def complete(self) -> ChatCompletion:
         """The whole reply as one body."""
-        verdict = await self.check_input()
-        if verdict is not None and verdict.blocked:
-            choices = [Choice(index=i, message=AssistantMessage(content=self.refusal()), finish_reason="content_filter")
-                       for i in range(self.request.n)]
+        n = self.request.n
+        if self.refused:
+            refusal = refusal_text(self.user_text, self.input_verdict.category)
+            choices = [Choice(index=i, message=AssistantMessage(content=refusal), finish_reason="content_filter")
+                       for i in range(n)]
             return ChatCompletion(id=self.id, created=self.created, model=self.engine.model_name, choices=choices,
-                                  usage=Usage.of(len(self.prompt_ids), 0))
-        texts: dict[int, list[str]] = {i: [] for i in range(self.request.n)}
+                                  usage=Usage.of(len(self.prompt_ids), 0), guard=self._report([None] * n))
+        texts: dict[int, list[str]] = {i: [] for i in range(n)}
         reasons: dict[int, str | None] = {}
         generated = 0
         async for output in self.engine.generate(self.prompt_ids, self.params, self.id):
@@ -83,20 +113,24 @@ class ChatRun:
                 if c.finish_reason:
                     reasons[c.index] = finish_reason(c.finish_reason)
         self.metrics.completion_tokens.inc(generated)
-        choices = []
+        choices, verdicts = [], []
         for i, parts in texts.items():
             gate = self.output_gate()
             released = [await gate.push("".join(parts)), await gate.close()]
-            blocked = next((r for r in released if r.blocked), None)
-            text = "".join(r.text for r in released) if blocked is None else self.refusal()
+            stop = next((r.verdict for r in released if r.blocked), None)
+            text = "".join(r.text for r in released)
+            if stop is not None:
+                text = refusal_text(self.user_text, stop.category)
+            acted = stop or next((r.verdict for r in released if r.verdict), None)
+            verdicts.append(acted)
             choices.append(Choice(index=i, message=AssistantMessage(content=text),
-                                  finish_reason="content_filter" if blocked else reasons.get(i)))
+                                  finish_reason="content_filter" if stop else reasons.get(i)))
         return ChatCompletion(id=self.id, created=self.created, model=self.engine.model_name, choices=choices,
-                              usage=Usage.of(len(self.prompt_ids), generated))
+                              usage=Usage.of(len(self.prompt_ids), generated), guard=self._report(verdicts))
 
-    def _chunk(self, index: int, delta: Delta, reason: str | None = None) -> str:
+    def _chunk(self, index: int, delta: Delta, reason: str | None = None, guard: GuardInfo | None = None) -> str:
         chunk = ChatCompletionChunk(id=self.id, created=self.created, model=self.engine.model_name,
-                                    choices=[ChunkChoice(index=index, delta=delta, finish_reason=reason)])
+                                    choices=[ChunkChoice(index=index, delta=delta, finish_reason=reason, guard=guard)])
         return sse(chunk.model_dump_json(exclude_none=True))
 
     def _usage_chunk(self, generated: int) -> str:
@@ -111,11 +145,10 @@ class ChatRun:
         n = self.request.n
         for i in range(n):
             yield self._chunk(i, Delta(role="assistant", content=""))
-        verdict = await self.check_input()
-        if verdict is not None and verdict.blocked:
+        if self.refused:
             for i in range(n):
-                yield self._chunk(i, Delta(content=self.refusal()))
-                yield self._chunk(i, Delta(), "content_filter")
+                yield self._chunk(i, Delta(content=refusal_text(self.user_text, self.input_verdict.category)))
+                yield self._chunk(i, Delta(), "content_filter", GuardInfo.of(self.input_verdict))
             if self.request.include_usage:
                 yield self._usage_chunk(0)
             yield SSE_DONE
@@ -158,10 +191,18 @@ class ChatRun:
         releases: list[Release] = [await gate.push(text)] if text else []
         if vllm_reason and not (releases and releases[-1].blocked):
             releases.append(await gate.close())
-        events = [self._chunk(index, Delta(content=r.text)) for r in releases if r.text]
-        if any(r.blocked for r in releases):
+        events = []
+        for r in releases:
+            if r.text:
+                events.append(self._chunk(index, Delta(content=r.text)))
+                if self.guard is not None:
+                    self.metrics.holdback.observe(r.delay)
+        stop = next((r.verdict for r in releases if r.blocked), None)
+        if stop is not None:
             stopped.add(index)
-            events.append(self._chunk(index, Delta(), "content_filter"))
+            self.metrics.stream_blocks.inc()
+            events.append(self._chunk(index, Delta(content=cut_notice(self.user_text, stop.category))))
+            events.append(self._chunk(index, Delta(), "content_filter", GuardInfo.of(stop)))
         elif vllm_reason:
             stopped.add(index)
             events.append(self._chunk(index, Delta(), finish_reason(vllm_reason)))

@@ -60,8 +60,16 @@ def serve(args: Sequence[str]) -> int:
     return 0
 
 
+def guard(args: Sequence[str]) -> int:
+    """Train, check or evaluate the guard (train | check TEXT | eval)."""
+    from guard.cli import main as guard_main
+
+    return guard_main(args)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "serve": serve,
+    "guard": guard,
 }
 
 

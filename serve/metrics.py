@@ -27,6 +27,18 @@ class ServerMetrics:
                                           "Streams whose client went away; their engine requests were aborted.",
                                           registry=r)
         self.engine_ready = Gauge("guardchat_engine_ready", "1 once the engine serves requests.", registry=r)
+        self.guard_decisions = Counter("guardchat_guard_decisions", "Guard decisions.",
+                                       ["direction", "category", "action"], registry=r)
+        self.guard_latency = Histogram("guardchat_guard_latency_seconds", "Time of one guard check.", ["direction"],
+                                       buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
+                                       registry=r)
+        self.guard_errors = Counter("guardchat_guard_errors", "Guard checks that failed (blocked when failing "
+                                    "closed).", ["direction"], registry=r)
+        self.stream_blocks = Counter("guardchat_guard_stream_blocks", "Streamed replies cut by the output guard.",
+                                     registry=r)
+        self.holdback = Histogram("guardchat_guard_holdback_seconds",
+                                  "How long streamed text was held back for the output check before release.",
+                                  buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry) + generate_latest(REGISTRY)

@@ -3,6 +3,7 @@ sampling parameters, and the response shapes the server sends back."""
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -144,6 +145,25 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class GuardInfo(BaseModel):
+    """What the guard decided (guardchat extension of the OpenAI schema)."""
+
+    action: Literal["allow", "redact", "block"]
+    category: str | None = None
+    reason: str = ""
+    scores: dict[str, float] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, verdict) -> GuardInfo:
+        return cls(action=verdict.action.value, category=verdict.category, reason=verdict.reason,
+                   scores=dict(verdict.scores))
+
+
+class GuardReport(BaseModel):
+    input: GuardInfo | None = None
+    output: list[GuardInfo | None] = Field(default_factory=list, description="Per choice, when it was acted on.")
+
+
 class Choice(BaseModel):
     index: int
     message: AssistantMessage
@@ -160,6 +180,7 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: Usage
+    guard: GuardReport | None = Field(None, description="guardchat: the guard's decisions (absent without a guard).")
 
 
 class Delta(BaseModel):
@@ -172,6 +193,7 @@ class ChunkChoice(BaseModel):
     delta: Delta
     finish_reason: FinishReason | None = None
     logprobs: None = None
+    guard: GuardInfo | None = None  # guardchat: set on a content_filter finish
 
 
 class ChatCompletionChunk(BaseModel):
@@ -203,3 +225,48 @@ def finish_reason(vllm_reason: str | None) -> FinishReason | None:
     """vLLM's finish reasons in OpenAI's words."""
     return {"stop": "stop", "length": "length", None: None}.get(vllm_reason, "stop")  # type: ignore[return-value]
 
+
+
+class ModerationRequest(BaseModel):
+    """POST /v1/moderations body (OpenAI's schema, text only)."""
+
+    input: str | list[str] = Field(description="Text or texts to classify.")
+    model: str | None = Field(None, description="Ignored: the server's guard answers.")
+    direction: Literal["input", "output"] = Field(
+        "input", description="guardchat extension: judge the text as a user message or as a model reply.")
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not 1 <= len(value) <= 64:
+            raise ValueError("give between 1 and 64 texts")
+        return value
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class ModerationResult(BaseModel):
+    flagged: bool
+    categories: dict[str, bool]
+    category_scores: dict[str, float]
+    action: Literal["allow", "redact", "block"] = Field(description="guardchat: what the guard would do.")
+    reason: str = ""
+
+
+class ModerationResponse(BaseModel):
+    id: str
+    model: str
+    results: list[ModerationResult]
+
+    @classmethod
+    def of(cls, verdicts, model: str) -> ModerationResponse:
+        from guard.taxonomy import Category
+
+        results = []
+        for v in verdicts:
+            scores = {c.value: float(v.scores.get(c.value, 0.0)) for c in Category}
+            flags = {c.value: v.blocked and v.category == c.value for c in Category}
+            results.append(ModerationResult(flagged=v.blocked, categories=flags, category_scores=scores,
+                                            action=v.action.value, reason=v.reason))
+        return cls(id=f"modr-{uuid.uuid4().hex}", model=model, results=results)

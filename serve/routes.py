@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from serve.chat import ChatRun
 from serve.engine import Engine
 from serve.errors import APIError
-from serve.protocol import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList
+from serve.protocol import (ChatCompletion, ChatCompletionRequest, ModelCard, ModelList, ModerationRequest,
+                            ModerationResponse)
 
 router = APIRouter()
 STARTED = int(time.time())
@@ -52,10 +53,29 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
     if body.n > state.settings.server.max_n:
         raise APIError(400, f"'n' must be at most {state.settings.server.max_n}", param="n")
     run = ChatRun(engine=engine, guard=state.guard, metrics=state.metrics, request=body)
+    verdict = await run.check_input()
+    headers = {"X-Request-Id": run.id}
+    if verdict is not None:
+        headers["X-Guard-Input-Action"] = verdict.action.value
+        if verdict.category:
+            headers["X-Guard-Input-Category"] = verdict.category
     if body.stream:
         return StreamingResponse(run.stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Request-Id": run.id})
-    return await run.complete()
+                                 headers={"Cache-Control": "no-cache", **headers})
+    completion = await run.complete()
+    return JSONResponse(completion.model_dump(exclude={"guard"} if completion.guard is None else None),
+                        headers=headers)
+
+
+@router.post("/v1/moderations", dependencies=[Authorized], response_model=ModerationResponse)
+async def moderations(body: ModerationRequest, request: Request) -> ModerationResponse:
+    """OpenAI's moderation format, backed by the same guard as the chat endpoint."""
+    state = get_state(request)
+    if state.guard is None:
+        status = "is still loading" if state.guard_status == "loading" else "is not configured on this server"
+        raise APIError(503, f"The guard {status}.", code="guard_unavailable")
+    verdicts = [await state.guard.check(text, body.direction) for text in body.texts()]
+    return ModerationResponse.of(verdicts, state.guard.name)
 
 
 @router.get("/v1/models", dependencies=[Authorized], response_model=ModelList)

@@ -9,6 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
+from guard.config import GuardSettings
+
 
 def default_cache_dir() -> Path:
     """Where converted models, vLLM's caches and temporary files live."""
@@ -67,6 +69,7 @@ class Settings(BaseSettings):
         default_factory=default_cache_dir, description="Cache for converted models and vLLM's files.")
     server: ServerSettings = Field(default_factory=ServerSettings, description="HTTP server.")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine.")
+    guard: GuardSettings = Field(default_factory=GuardSettings, description="Input and output safety guard.")
 
     @field_validator("model")
     @classmethod

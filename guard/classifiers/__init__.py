@@ -1,0 +1,1 @@
+"""Classifiers behind one small interface (guard.classifiers.base.Classifier), one per file."""

@@ -1,0 +1,63 @@
+"""`guardchat guard train|check|eval`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from guard.config import GuardSettings, default_mirror
+from serve.settings import default_cache_dir
+
+
+def default_artifact() -> Path:
+    return default_cache_dir() / "guard"
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="guardchat guard", description="Train, try and evaluate the guard.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="build the data, train, calibrate, write the artifact folder")
+    train.add_argument("--out", type=Path, default=default_artifact(), help="artifact folder (default: %(default)s)")
+    train.add_argument("--data-mirror", type=Path, default=default_mirror(),
+                       help="folder with the public data sets (default: %(default)s)")
+    train.add_argument("--target-fpr", type=float, default=0.05, help="calibration target (default: %(default)s)")
+    check = sub.add_parser("check", help="classify texts given as arguments (or lines on stdin)")
+    check.add_argument("texts", nargs="*")
+    check.add_argument("--direction", choices=["input", "output"], default="input")
+    check.add_argument("--artifact", type=Path, default=default_artifact())
+    ev = sub.add_parser("eval", help="per-dataset metrics table and PR-curve plot of an artifact")
+    ev.add_argument("--artifact", type=Path, default=default_artifact())
+    ev.add_argument("--data-mirror", type=Path, default=default_mirror())
+    ev.add_argument("--plot", type=Path, default=None, help="PNG path (default: <artifact>/pr_curves.png)")
+    return ap
+
+
+def main(args: Sequence[str]) -> int:
+    """Train, check or evaluate the guard (guardchat guard --help)."""
+    opts = _parser().parse_args(list(args))
+    if opts.command == "train":
+        from guard.artifact import fingerprint
+        from guard.train import TrainConfig, train
+
+        card = train(opts.out, opts.data_mirror, TrainConfig(target_fpr=opts.target_fpr), fingerprint())
+        print((opts.out / "card.md").read_text())
+        print(f"artifact written to {opts.out} ({card['train_seconds']} s)")
+        return 0
+    if opts.command == "check":
+        from guard.pipeline import GuardPipeline
+
+        if not (opts.artifact / "thresholds.json").is_file():
+            print(f"no guard artifact at {opts.artifact}: run `guardchat guard train` first", file=sys.stderr)
+            return 2
+        guard = GuardPipeline.load(opts.artifact, GuardSettings())
+        for text in opts.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]:
+            v = guard.decide(text, opts.direction)
+            top = sorted(v.scores.items(), key=lambda kv: -kv[1])[:3]
+            print(json.dumps({"text": text[:80], "action": v.action.value, "category": v.category,
+                              "reason": v.reason, "top_scores": dict(top)}, ensure_ascii=False))
+        return 0
+    from guard.evaluate import evaluate
+
+    return evaluate(opts.artifact, opts.data_mirror, opts.plot or opts.artifact / "pr_curves.png")

@@ -1,0 +1,42 @@
+"""Guard settings: which artifact, what to do with each kind of finding, how streaming is held back."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+REPO_MIRROR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def default_mirror() -> Path | None:
+    """The local mirror of public data sets: $GUARDCHAT_DATA_MIRROR, else ../shared/data beside the repo."""
+    env = os.environ.get("GUARDCHAT_DATA_MIRROR")
+    if env:
+        return Path(env)
+    return REPO_MIRROR if REPO_MIRROR.is_dir() else None
+
+
+class GuardSettings(BaseModel):
+    """The filter layer around every request."""
+
+    model_config = {"extra": "forbid"}
+
+    enabled: bool = Field(True, description="Check inputs and outputs. Off: /health says 'not configured'.")
+    artifact: Path | None = Field(
+        None, description="Trained guard folder; default <cache-dir>/guard. Trained on first start if missing.")
+    data_mirror: Path | None = Field(
+        default_factory=default_mirror, description="Folder with the public data sets for training.")
+    fail_closed: bool = Field(True, description="A classifier error blocks the request (off: it is let through, "
+                                                "counted and logged).")
+    output_pii: Literal["redact", "block", "allow"] = Field("redact", description="PII in model output.")
+    input_pii: Literal["redact", "block", "allow"] = Field(
+        "allow", description="PII in user input (their own data, by default passed on).")
+    hold_chars: int = Field(
+        48, ge=1, description="Streaming: text is released after the output check at a sentence end or once this "
+        "many characters are held back.")
+    unsafe_threshold_scale: float = Field(
+        1.0, gt=0, description="Multiplies every calibrated threshold (<1 blocks more, >1 blocks less).")
+    audit_db: Path | None = Field(None, description="SQLite file for the audit of blocks; default <cache-dir>/audit.db.")
+    audit_raw_text: bool = Field(False, description="Store the blocked text itself in the audit table.")

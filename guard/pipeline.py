@@ -1,0 +1,161 @@
+"""The guard: one pipeline for both directions. Normalize the text, run the PII rules, score every
+reading with the classifier, compare with the calibrated thresholds, and decide: allow, redact or
+block. `StreamModerator` applies it to a streamed reply so nothing unchecked reaches the client."""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from guard.classifiers.base import Classifier, Direction, Scores, score_readings
+from guard.classifiers.ngram import NgramClassifier
+from guard.classifiers.rules import PIIRules
+from guard.config import GuardSettings
+from guard.interface import Action, Message, Release, Verdict
+from guard.taxonomy import Category
+from guard.train import THRESHOLDS_FILE
+
+log = logging.getLogger(__name__)
+# Called after every decision: (direction, verdict, seconds spent, text). The server counts and audits.
+Observer = Callable[[Direction, Verdict, float, str], None]
+
+
+class GuardPipeline:
+    """Rules + classifier + thresholds, shared by the input check and the output gates."""
+
+    def __init__(self, classifier: Classifier, thresholds: dict, settings: GuardSettings,
+                 observer: Observer | None = None):
+        self.classifier = classifier
+        self.thresholds = {d: {k: v * settings.unsafe_threshold_scale for k, v in t.items()}
+                           for d, t in thresholds.items()}
+        self.settings = settings
+        self.rules = PIIRules()
+        self.observer = observer
+        self.name = f"{classifier.name}+rules"
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard")
+
+    @classmethod
+    def load(cls, folder: Path, settings: GuardSettings, observer: Observer | None = None) -> GuardPipeline:
+        thresholds = json.loads((folder / THRESHOLDS_FILE).read_text())
+        return cls(NgramClassifier.load(folder), thresholds, settings, observer)
+
+    def decide(self, text: str, direction: Direction) -> Verdict:
+        """The verdict on one text (blocking work: call through `check`)."""
+        scores: Scores = score_readings(self.classifier, [text], direction)[0]
+        t = self.thresholds[direction]
+        shown = {k: round(v, 4) for k, v in scores.categories.items()}
+        if "injection" in t and scores.injection >= t["injection"] and scores.injection / t["injection"] >= \
+                scores.unsafe / t["unsafe"]:
+            shown[Category.PROMPT_INJECTION.value] = round(scores.injection, 4)
+            return Verdict(Action.BLOCK, Category.PROMPT_INJECTION.value, shown,
+                           f"prompt injection score {scores.injection:.2f} >= {t['injection']:.2f}")
+        if scores.unsafe >= t["unsafe"]:
+            category = scores.top_category() or Category.NON_VIOLENT_CRIMES.value
+            return Verdict(Action.BLOCK, category, shown, f"unsafe score {scores.unsafe:.2f} >= {t['unsafe']:.2f}")
+        pii_action = self.settings.output_pii if direction == "output" else self.settings.input_pii
+        if pii_action != "allow" and self.rules.find(text):
+            kinds = sorted({f.kind.value for f in self.rules.find(text)})
+            action = Action.REDACT if pii_action == "redact" else Action.BLOCK
+            return Verdict(action, Category.PRIVACY.value, shown, f"personal data: {', '.join(kinds)}")
+        return Verdict(Action.ALLOW, None, shown, f"unsafe score {scores.unsafe:.2f} < {t['unsafe']:.2f}")
+
+    def _decide_observed(self, text: str, direction: Direction) -> Verdict:
+        start = time.perf_counter()
+        try:
+            verdict = self.decide(text, direction)
+        except Exception as exc:  # fail closed: an error must not let content through unchecked
+            log.exception("guard classifier failed (%s)", direction)
+            action = Action.BLOCK if self.settings.fail_closed else Action.ALLOW
+            verdict = Verdict(action, None, {}, f"guard error: {type(exc).__name__}")
+        if self.observer is not None:
+            self.observer(direction, verdict, time.perf_counter() - start, text)
+        return verdict
+
+    async def check(self, text: str, direction: Direction) -> Verdict:
+        """Classify off the event loop."""
+        context = contextvars.copy_context()  # the observer reads the request id from it
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, context.run, self._decide_observed, text, direction)
+
+    async def check_input(self, messages: Sequence[Message]) -> Verdict:
+        """The last user message and any system prompt, each judged; the worst verdict wins."""
+        texts = [m.content for m in messages if m.role == "system"]
+        users = [m.content for m in messages if m.role == "user"]
+        texts += users[-1:]
+        verdicts = [await self.check(t, "input") for t in texts if t.strip()]
+        return worst(verdicts)
+
+    def redact(self, text: str) -> str:
+        return self.rules.redact(text)
+
+    def output_gate(self) -> StreamModerator:
+        return StreamModerator(self, self.settings.hold_chars)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def worst(verdicts: Sequence[Verdict]) -> Verdict:
+    order = {Action.ALLOW: 0, Action.REDACT: 1, Action.BLOCK: 2}
+    return max(verdicts, key=lambda v: order[v.action], default=Verdict(Action.ALLOW, reason="empty input"))
+
+
+SENTENCE_END = re.compile(r"[.!?。！？;；:\n](?=\s|$)|[。！？；\n]")
+
+
+class StreamModerator:
+    """Output gate for one streamed choice: holds text back until a sentence end or `hold_chars`
+    characters, checks the whole reply so far, and only then releases the held text (PII
+    redacted). Once a check blocks, nothing more is released."""
+
+    def __init__(self, guard: GuardPipeline, hold_chars: int):
+        self.guard = guard
+        self.hold_chars = hold_chars
+        self.released = ""
+        self.held = ""
+        self.held_since = 0.0
+        self.stopped: Verdict | None = None
+
+    async def push(self, delta: str) -> Release:
+        if self.stopped is not None:
+            return Release("", self.stopped)
+        if not self.held:
+            self.held_since = time.perf_counter()
+        self.held += delta
+        cut = self._release_point()
+        if cut == 0:
+            return Release("")
+        return await self._check(cut)
+
+    async def close(self) -> Release:
+        if self.stopped is not None:
+            return Release("", self.stopped)
+        return await self._check(len(self.held)) if self.held else Release("")
+
+    def _release_point(self) -> int:
+        """How much of the held text may go out now: up to the last sentence end, or, past
+        hold_chars, up to the last space (a word, a number or an e-mail is never split)."""
+        ends = [m.end() for m in SENTENCE_END.finditer(self.held)]
+        if ends:
+            return ends[-1]
+        if len(self.held) >= self.hold_chars:
+            space = self.held.rfind(" ")
+            return space + 1 if space > 0 else len(self.held)
+        return 0
+
+    async def _check(self, cut: int) -> Release:
+        verdict = await self.guard.check(self.released + self.held, "output")
+        if verdict.blocked:
+            self.stopped = verdict
+            return Release("", verdict)
+        out, self.held = self.held[:cut], self.held[cut:]
+        self.released += out
+        delay = time.perf_counter() - self.held_since
+        self.held_since = time.perf_counter()
+        return Release(self.guard.redact(out) if verdict.action is Action.REDACT else out, delay=delay)

@@ -1,0 +1,153 @@
+"""`guardchat guard train`: build the data, train the classifiers, calibrate thresholds on held-back
+dev rows for a target false-positive rate, evaluate per source, and write the artifact folder:
+
+    ngram.joblib      the fast stage's weights
+    thresholds.json   per direction and head
+    card.json/.md     data sources, counts, splits, metrics
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import average_precision_score
+from tqdm import tqdm
+
+from guard.classifiers.base import Classifier, score_readings
+from guard.classifiers.ngram import NgramClassifier, NgramConfig
+from guard.datasets import Corpus, Example, build_corpus
+
+log = logging.getLogger(__name__)
+THRESHOLDS_FILE = "thresholds.json"
+CARD_FILE = "card.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    target_fpr: float = 0.05          # macro false-positive rate over dev sources, per head
+    dev_fraction: float = 0.15        # rows of each training source held back for calibration and metrics
+    source_cap: int = 3000            # a source's rows weigh as at most this many, so big sets do not drown small ones
+    ngram: NgramConfig = field(default_factory=NgramConfig)
+
+
+def source_weights(rows: Sequence[Example], cap: int) -> np.ndarray:
+    counts = Counter(e.source for e in rows)
+    return np.array([min(1.0, cap / counts[e.source]) for e in rows])
+
+
+def macro_fpr_threshold(scores: np.ndarray, sources: np.ndarray, target: float) -> float:
+    """Smallest threshold whose mean per-source false-positive rate on safe rows is <= target."""
+    groups = [scores[sources == s] for s in np.unique(sources)]
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        fpr = np.mean([(g >= mid).mean() for g in groups])
+        lo, hi = (mid, hi) if fpr > target else (lo, mid)
+    return round(hi, 4)
+
+
+def calibrate(model: Classifier, dev: Sequence[Example], target: float) -> dict[str, dict[str, float]]:
+    thresholds: dict[str, dict[str, float]] = {"input": {}, "output": {}}
+    for direction in ("input", "output"):
+        rows = [e for e in dev if e.direction == direction]
+        scores = score_readings(model, [e.text for e in rows], direction)
+        safe = np.array([not e.unsafe for e in rows])
+        sources = np.array([e.source for e in rows])
+        harm = np.array([s.unsafe for s in scores])
+        thresholds[direction]["unsafe"] = macro_fpr_threshold(harm[safe], sources[safe], target)
+        if direction == "input":
+            not_injection = np.array([e.category != "prompt_injection" for e in rows])
+            inj = np.array([s.injection for s in scores])
+            thresholds[direction]["injection"] = macro_fpr_threshold(
+                inj[not_injection], sources[not_injection], target)
+    return thresholds
+
+
+def blocked(scores, direction: str, thresholds: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(blocked?, a single score for ranking) for each scored text."""
+    t = thresholds[direction]
+    harm = np.array([s.unsafe / t["unsafe"] for s in scores])
+    inj = np.array([s.injection / t["injection"] for s in scores]) if "injection" in t else np.zeros(len(scores))
+    ranking = np.maximum(harm, inj)
+    return ranking >= 1.0, ranking
+
+
+def metrics_by_source(model: Classifier, rows: Sequence[Example], thresholds: dict) -> dict[str, dict]:
+    """Precision, recall, F1, FPR and AUPRC of the block decision, per source."""
+    by_source: dict[str, list[Example]] = defaultdict(list)
+    for e in rows:
+        by_source[e.source].append(e)
+    out = {}
+    for source, examples in sorted(by_source.items()):
+        direction = examples[0].direction
+        decided, ranking = blocked(score_readings(model, [e.text for e in examples], direction), direction,
+                                   thresholds)
+        y = np.array([e.unsafe for e in examples])
+        tp, fp = int((decided & y).sum()), int((decided & ~y).sum())
+        fn, tn = int((~decided & y).sum()), int((~decided & ~y).sum())
+        precision = tp / (tp + fp) if tp + fp else float("nan")
+        recall = tp / (tp + fn) if tp + fn else float("nan")
+        out[source] = {
+            "direction": direction, "n": len(examples), "unsafe": int(y.sum()),
+            "precision": round(precision, 4), "recall": round(recall, 4),
+            "f1": round(2 * precision * recall / (precision + recall), 4) if tp else 0.0,
+            "fpr": round(fp / (fp + tn), 4) if fp + tn else float("nan"),
+            "auprc": round(float(average_precision_score(y, ranking)), 4) if 0 < y.sum() < len(y) else float("nan"),
+        }
+    return out
+
+
+def train(out_dir: Path, mirror: Path | None, config: TrainConfig = TrainConfig(), fingerprint: str | None = None) -> dict:
+    """Train, calibrate, evaluate and write the artifact folder; returns the card."""
+    steps = tqdm(total=5, desc="guard train", unit="step")
+    started = time.time()
+    corpus: Corpus = build_corpus(mirror, config.dev_fraction)
+    steps.set_postfix_str(f"{len(corpus.train)} train / {len(corpus.dev)} dev / {len(corpus.eval)} eval rows")
+    steps.update()
+    rows = corpus.train
+    model = NgramClassifier.fit([e.text for e in rows], [e.direction for e in rows], [e.unsafe for e in rows],
+                                [e.category for e in rows], source_weights(rows, config.source_cap), config.ngram)
+    steps.update()
+    thresholds = calibrate(model, corpus.dev, config.target_fpr)
+    steps.update()
+    card = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "train_seconds": None, "config": asdict(config),
+        "fingerprint": fingerprint,
+        "data_mirror": str(mirror) if mirror else None, "skipped_sources": corpus.skipped,
+        "counts": {split: dict(sorted(Counter(f"{e.source}:{'unsafe' if e.unsafe else 'safe'}" for e in rows_).items()))
+                   for split, rows_ in (("train", corpus.train), ("dev", corpus.dev), ("eval", corpus.eval))},
+        "thresholds": thresholds,
+        "metrics": {"dev": metrics_by_source(model, corpus.dev, thresholds)},
+    }
+    steps.update()
+    card["metrics"]["eval"] = metrics_by_source(model, corpus.eval, thresholds)
+    card["train_seconds"] = round(time.time() - started, 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save(out_dir)
+    (out_dir / THRESHOLDS_FILE).write_text(json.dumps(thresholds, indent=2))
+    (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2, ensure_ascii=False))
+    (out_dir / "card.md").write_text(card_markdown(card))
+    steps.update()
+    steps.close()
+    return card
+
+
+def card_markdown(card: dict) -> str:
+    lines = ["# guard artifact", "", f"created {card['created']}, trained in {card['train_seconds']} s", "",
+             "## thresholds", "", "```json", json.dumps(card["thresholds"], indent=2), "```", ""]
+    for split in ("eval", "dev"):
+        lines += [f"## metrics on {split} rows (never trained on)", "",
+                  "| source | dir | n | unsafe | precision | recall | F1 | FPR | AUPRC |", "|---|---|---|---|---|---|---|---|---|"]
+        for source, m in card["metrics"][split].items():
+            lines.append(f"| {source} | {m['direction']} | {m['n']} | {m['unsafe']} | {m['precision']} | {m['recall']} "
+                         f"| {m['f1']} | {m['fpr']} | {m['auprc']} |")
+        lines.append("")
+    if card["skipped_sources"]:
+        lines += ["## skipped (not in the mirror)", "", *[f"- {s}" for s in card["skipped_sources"]], ""]
+    return "\n".join(lines)

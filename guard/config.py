@@ -36,6 +36,9 @@ class GuardSettings(BaseModel):
     hold_chars: int = Field(
         48, ge=1, description="Streaming: text is released after the output check at a sentence end or once this "
         "many characters are held back.")
+    min_block_chars: int = Field(
+        32, ge=0, description="Streaming: a flagged reply shorter than this is held (not released, not yet "
+        "stopped) until more text or the end of the reply decides.")
     unsafe_threshold_scale: float = Field(
         1.0, gt=0, description="Multiplies every calibrated threshold (<1 blocks more, >1 blocks less).")
     audit_db: Path | None = Field(None, description="SQLite file for the audit of blocks; default <cache-dir>/audit.db.")

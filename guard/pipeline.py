@@ -95,7 +95,7 @@ class GuardPipeline:
         return self.rules.redact(text)
 
     def output_gate(self) -> StreamModerator:
-        return StreamModerator(self, self.settings.hold_chars)
+        return StreamModerator(self, self.settings.hold_chars, self.settings.min_block_chars)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -112,11 +112,13 @@ SENTENCE_END = re.compile(r"[.!?。！？;；:\n](?=\s|$)|[。！？；\n]")
 class StreamModerator:
     """Output gate for one streamed choice: holds text back until a sentence end or `hold_chars`
     characters, checks the whole reply so far, and only then releases the held text (PII
-    redacted). Once a check blocks, nothing more is released."""
+    redacted). Once a check blocks, nothing more is released. A flagged reply shorter than
+    `min_block_chars` ("Sure!") is held rather than stopped until more text (or the end) decides."""
 
-    def __init__(self, guard: GuardPipeline, hold_chars: int):
+    def __init__(self, guard: GuardPipeline, hold_chars: int, min_block_chars: int):
         self.guard = guard
         self.hold_chars = hold_chars
+        self.min_block_chars = min_block_chars
         self.released = ""
         self.held = ""
         self.held_since = 0.0
@@ -136,7 +138,7 @@ class StreamModerator:
     async def close(self) -> Release:
         if self.stopped is not None:
             return Release("", self.stopped)
-        return await self._check(len(self.held)) if self.held else Release("")
+        return await self._check(len(self.held), final=True) if self.held else Release("")
 
     def _release_point(self) -> int:
         """How much of the held text may go out now: up to the last sentence end, or, past
@@ -149,8 +151,11 @@ class StreamModerator:
             return space + 1 if space > 0 else len(self.held)
         return 0
 
-    async def _check(self, cut: int) -> Release:
-        verdict = await self.guard.check(self.released + self.held, "output")
+    async def _check(self, cut: int, final: bool = False) -> Release:
+        text = self.released + self.held
+        verdict = await self.guard.check(text, "output")
+        if verdict.blocked and not final and len(text) < self.min_block_chars:
+            return Release("")  # too little text to be sure: keep holding it, check again with more
         if verdict.blocked:
             self.stopped = verdict
             return Release("", verdict)

@@ -32,7 +32,7 @@ CARD_FILE = "card.json"
 class TrainConfig:
     target_fpr: float = 0.05          # macro false-positive rate over dev sources, per head
     dev_fraction: float = 0.15        # rows of each training source held back for calibration and metrics
-    source_cap: int = 3000            # a source's rows weigh as at most this many, so big sets do not drown small ones
+    source_cap: int = 1500            # a source's rows weigh as at most this many, so big sets do not drown small ones
     ngram: NgramConfig = field(default_factory=NgramConfig)
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from guard.artifact import ensure_artifact
+from guard.config import GuardSettings
 from serve.default_model import ensure_default_model
 from serve.settings import default_cache_dir
 from tests.support import ServerProcess, build_tiny_llama, free_port
@@ -25,17 +27,25 @@ def default_model_dir(cache_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def guard_artifact(cache_dir: Path) -> Path:
+    """The default guard artifact, trained once into the cache (as the server does on first start)."""
+    return ensure_artifact(GuardSettings(), cache_dir)
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, default_model_dir: Path) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", default_model_dir)
 
 
 @pytest.fixture(scope="session")
 def tiny_server(tmp_path_factory, tiny_model_dir: Path, cache_dir: Path):
-    """guardchat serving the tiny model, shared by the serve tests."""
+    """guardchat serving the tiny model without a guard: the API mechanics (the random model's
+    output is noise that an output guard would judge unpredictably)."""
     log = tmp_path_factory.mktemp("logs") / "tiny_server.log"
     server = ServerProcess.guardchat(
         tiny_model_dir, free_port(), log, "--cache-dir", str(cache_dir), "--engine.kv-cache-gib", "0.125",
-        "--engine.max-model-len", str(TINY_CONTEXT), "--engine.dtype", "float32", "--server.max-n", "4")
+        "--engine.max-model-len", str(TINY_CONTEXT), "--engine.dtype", "float32", "--server.max-n", "4",
+        "--guard.enabled", "false")
     with server:
         yield server
 

@@ -41,6 +41,46 @@ def build_tiny_llama(target: Path, tokenizer_dir: Path, *, layers: int = 2, hidd
     return target
 
 
+def build_scripted_llama(target: Path, tokenizer_dir: Path, reply: str, *, hidden: int = 128) -> Path:
+    """A 'test policy' that answers every chat prompt with `reply`, greedily, then stops.
+
+    Its attention and MLP outputs are zero, so the last hidden state is the current token's
+    embedding; the trigger token (the end of the chat template's generation prompt) and the reply's
+    tokens get orthogonal embeddings, and the untied lm_head maps each to the next token of the reply.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if (target / "config.json").is_file():
+        return target
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                           add_generation_prompt=True)
+    trigger = tokenizer.encode(prompt, add_special_tokens=False)[-1]
+    chain = [trigger, *tokenizer.encode(reply, add_special_tokens=False)]
+    assert len(set(chain)) == len(chain) <= hidden, "the reply's tokens must be distinct (and few)"
+    config = LlamaConfig(vocab_size=49152, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.lm_head.weight.normal_(0, 0.02)
+        for k, (token, following) in enumerate(zip(chain, [*chain[1:], config.eos_token_id])):
+            model.model.embed_tokens.weight[token] = torch.nn.functional.one_hot(torch.tensor(k), hidden).float()
+            model.lm_head.weight[following] += 100.0 * model.model.embed_tokens.weight[token]
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy(tokenizer_dir / name, tmp / name)
+    tmp.rename(target)
+    return target
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

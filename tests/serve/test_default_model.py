@@ -1,4 +1,5 @@
-"""End to end with the real default model: `guardchat serve` with no --model serves SmolLM2-135M-Instruct."""
+"""End to end with the real default model and the guard: `guardchat serve` with no --model serves
+SmolLM2-135M-Instruct and lets a benign question and its answer through."""
 from __future__ import annotations
 
 import openai
@@ -11,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def default_server(tmp_path_factory, default_model_dir, cache_dir):
+def default_server(tmp_path_factory, default_model_dir, cache_dir, guard_artifact):
     log = tmp_path_factory.mktemp("logs") / "default.log"
     with ServerProcess.guardchat(None, free_port(), log, "--cache-dir", str(cache_dir),
                                  "--engine.kv-cache-gib", "0.25", "--engine.max-model-len", "2048") as server:

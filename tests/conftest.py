@@ -45,7 +45,7 @@ def tiny_server(tmp_path_factory, tiny_model_dir: Path, cache_dir: Path):
     server = ServerProcess.guardchat(
         tiny_model_dir, free_port(), log, "--cache-dir", str(cache_dir), "--engine.kv-cache-gib", "0.125",
         "--engine.max-model-len", str(TINY_CONTEXT), "--engine.dtype", "float32", "--server.max-n", "4",
-        "--guard.enabled", "false")
+        "--no-guard.enabled")
     with server:
         yield server
 

@@ -12,7 +12,7 @@ from tests.support import ServerProcess, free_port
 def keyed_server(tmp_path_factory, tiny_model_dir, cache_dir):
     log = tmp_path_factory.mktemp("logs") / "keyed.log"
     with ServerProcess.guardchat(tiny_model_dir, free_port(), log, "--cache-dir", str(cache_dir),
-                                 "--engine.kv-cache-gib", "0.0625", "--engine.max-model-len", "512", "--guard.enabled", "false",
+                                 "--engine.kv-cache-gib", "0.0625", "--engine.max-model-len", "512", "--no-guard.enabled",
                                  env={"GUARDCHAT_SERVER__API_KEY": "s3cret"}) as server:
         yield server
 

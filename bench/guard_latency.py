@@ -1,0 +1,61 @@
+"""Guard check latency on one core: single checks of 16-256 token inputs (p50/p99, both directions,
+normalization and rules included) and batched throughput of the classifier. Prints; asserts nothing.
+
+    .venv/bin/python bench/guard_latency.py [--repeats 300]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+from guard.artifact import ensure_artifact  # noqa: E402
+from guard.config import GuardSettings  # noqa: E402
+from guard.pipeline import GuardPipeline  # noqa: E402
+from serve.settings import default_cache_dir  # noqa: E402
+
+EN = ("Could you explain how the water cycle works, and why clouds form at different heights depending on "
+      "temperature, humidity and the air pressure of the surrounding region during the summer months? ")
+ZH = "请解释一下水循环是如何运作的，以及为什么云会根据温度、湿度和周围地区的气压在不同高度形成。"
+
+
+def text_of(tokens: int, base: str) -> str:
+    words = (base * 20)
+    return words[: tokens * 4] if base is EN else words[: int(tokens * 1.5)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=300)
+    args = ap.parse_args()
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})  # one core, as in the server
+    guard = GuardPipeline.load(ensure_artifact(GuardSettings(), default_cache_dir()), GuardSettings())
+    print(f"{'tokens':>6} {'lang':>4} {'dir':>6} | {'p50 ms':>7} {'p99 ms':>7}")
+    with threadpool_limits(1):
+        for tokens in (16, 64, 128, 256):
+            for lang, base in (("en", EN), ("zh", ZH)):
+                text = text_of(tokens, base)
+                for direction in ("input", "output"):
+                    guard.decide(text, direction)
+                    times = []
+                    for _ in range(args.repeats):
+                        start = time.perf_counter()
+                        guard.decide(text, direction)
+                        times.append((time.perf_counter() - start) * 1000)
+                    q = statistics.quantiles(times, n=100)
+                    print(f"{tokens:>6} {lang:>4} {direction:>6} | {statistics.median(times):>7.3f} {q[98]:>7.3f}")
+        batch = [text_of(64, EN), text_of(64, ZH)] * 128
+        start = time.perf_counter()
+        guard.classifier.score(batch, "output")
+        seconds = time.perf_counter() - start
+    print(f"batched classifier throughput (64-token texts, batch {len(batch)}): {len(batch) / seconds:,.0f} texts/s")
+
+
+if __name__ == "__main__":
+    main()

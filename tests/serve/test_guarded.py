@@ -112,8 +112,8 @@ def test_moderations_endpoint(guarded, gclient):
     result = gclient.moderations.create(input=[HARMFUL, BENIGN_ALARMING, HARMFUL_ZH])
     flagged = [r.flagged for r in result.results]
     assert flagged == [True, False, True]
-    top = max(result.results[0].category_scores.model_dump(), key=result.results[0].category_scores.model_dump().get)
-    assert top in ("indiscriminate_weapons", "violent_crimes")
+    scores = result.results[0].category_scores.model_extra  # our taxonomy, not OpenAI's category names
+    assert max(scores, key=scores.get) in ("indiscriminate_weapons", "violent_crimes")
     r = httpx.post(guarded.base_url + "/v1/moderations", json={"input": UNSAFE_REPLY, "direction": "output"})
     assert r.json()["results"][0]["flagged"] is True
     r = httpx.post(guarded.base_url + "/v1/moderations", json={"input": []})

@@ -28,6 +28,13 @@ THRESHOLDS_FILE = "thresholds.json"
 CARD_FILE = "card.json"
 
 
+# Input thresholds are calibrated on benign rows that look like what chat users send (requests and
+# questions), not on tweets or forum sentences, whose false-positive rates flatter the threshold.
+CHAT_LIKE_SOURCES = ("own_inputs_everyday", "own_inputs_benign_lookalikes", "own_inputs_instruction_shapes",
+                     "own_inputs_injection", "coconot", "coconot_contrast", "do_not_answer", "forbidden_questions",
+                     "deepset_train", "hatecheck_en", "hatecheck_zh")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     target_fpr: float = 0.05          # macro false-positive rate over dev sources, per head
@@ -55,7 +62,8 @@ def macro_fpr_threshold(scores: np.ndarray, sources: np.ndarray, target: float) 
 def calibrate(model: Classifier, dev: Sequence[Example], target: float) -> dict[str, dict[str, float]]:
     thresholds: dict[str, dict[str, float]] = {"input": {}, "output": {}}
     for direction in ("input", "output"):
-        rows = [e for e in dev if e.direction == direction]
+        rows = [e for e in dev if e.direction == direction
+                and (direction == "output" or e.unsafe or e.source in CHAT_LIKE_SOURCES)]
         scores = score_readings(model, [e.text for e in rows], direction)
         safe = np.array([not e.unsafe for e in rows])
         sources = np.array([e.source for e in rows])

@@ -139,14 +139,13 @@ class ChatRun:
         return sse(chunk.model_dump_json(exclude_none=True))
 
     async def stream(self) -> AsyncIterator[str]:
-        """Server-sent events: a role chunk per choice, content deltas as the gate releases them,
+        """Server-sent events: a role chunk per choice (with its first output), content deltas as the gate releases them,
         a finish chunk per choice, usage if asked, then [DONE]. Errors after the 200 travel as an
         error event; a client that goes away cancels this generator, which aborts the engine request."""
         n = self.request.n
-        for i in range(n):
-            yield self._chunk(i, Delta(role="assistant", content=""))
         if self.refused:
             for i in range(n):
+                yield self._chunk(i, Delta(role="assistant", content=""))
                 yield self._chunk(i, Delta(content=refusal_text(self.user_text, self.input_verdict.category)))
                 yield self._chunk(i, Delta(), "content_filter", GuardInfo.of(self.input_verdict))
             if self.request.include_usage:
@@ -154,6 +153,8 @@ class ChatRun:
             yield SSE_DONE
             return
         gates = [self.output_gate() for _ in range(n)]
+        self._opened: set[int] = set()  # choices whose role chunk went out (with their first event, as vLLM
+        # does: the engine request starts at once instead of after a first network write)
         stopped: set[int] = set()
         generated = 0
         finished = False
@@ -191,7 +192,8 @@ class ChatRun:
         releases: list[Release] = [await gate.push(text)] if text else []
         if vllm_reason and not (releases and releases[-1].blocked):
             releases.append(await gate.close())
-        events = []
+        events = [] if index in self._opened else [self._chunk(index, Delta(role="assistant", content=""))]
+        self._opened.add(index)
         for r in releases:
             if r.text:
                 events.append(self._chunk(index, Delta(content=r.text)))

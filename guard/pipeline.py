@@ -95,7 +95,8 @@ class GuardPipeline:
         return self.rules.redact(text)
 
     def output_gate(self) -> StreamModerator:
-        return StreamModerator(self, self.settings.hold_chars, self.settings.min_block_chars)
+        return StreamModerator(self, self.settings.hold_chars, self.settings.min_block_chars,
+                               self.settings.first_hold_chars)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -115,9 +116,10 @@ class StreamModerator:
     redacted). Once a check blocks, nothing more is released. A flagged reply shorter than
     `min_block_chars` ("Sure!") is held rather than stopped until more text (or the end) decides."""
 
-    def __init__(self, guard: GuardPipeline, hold_chars: int, min_block_chars: int):
+    def __init__(self, guard: GuardPipeline, hold_chars: int, min_block_chars: int, first_hold_chars: int = 8):
         self.guard = guard
         self.hold_chars = hold_chars
+        self.first_hold_chars = first_hold_chars
         self.min_block_chars = min_block_chars
         self.released = ""
         self.held = ""
@@ -141,12 +143,14 @@ class StreamModerator:
         return await self._check(len(self.held), final=True) if self.held else Release("")
 
     def _release_point(self) -> int:
-        """How much of the held text may go out now: up to the last sentence end, or, past
-        hold_chars, up to the last space (a word, a number or an e-mail is never split)."""
+        """How much of the held text may go out now: up to the last sentence end, or, past the
+        window, up to the last space (a word, a number or an e-mail is never split). The first
+        window is short, so the client sees the reply start soon after the first words."""
         ends = [m.end() for m in SENTENCE_END.finditer(self.held)]
         if ends:
             return ends[-1]
-        if len(self.held) >= self.hold_chars:
+        window = self.hold_chars if self.released else self.first_hold_chars
+        if len(self.held) >= window:
             space = self.held.rfind(" ")
             return space + 1 if space > 0 else len(self.held)
         return 0

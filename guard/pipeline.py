@@ -45,12 +45,13 @@ class GuardPipeline:
         thresholds = json.loads((folder / THRESHOLDS_FILE).read_text())
         return cls(NgramClassifier.load(folder), thresholds, settings, observer)
 
-    def decide(self, text: str, direction: Direction) -> Verdict:
-        """The verdict on one text (blocking work: call through `check`)."""
+    def decide(self, text: str, direction: Direction, injection: bool = True) -> Verdict:
+        """The verdict on one text (blocking work: call through `check`). `injection=False` skips the
+        prompt-injection head: a system prompt is where instructions legitimately live."""
         scores: Scores = score_readings(self.classifier, [text], direction)[0]
         t = self.thresholds[direction]
         shown = {k: round(v, 4) for k, v in scores.categories.items()}
-        if "injection" in t and scores.injection >= t["injection"] and scores.injection / t["injection"] >= \
+        if injection and "injection" in t and scores.injection >= t["injection"] and scores.injection / t["injection"] >= \
                 scores.unsafe / t["unsafe"]:
             shown[Category.PROMPT_INJECTION.value] = round(scores.injection, 4)
             return Verdict(Action.BLOCK, Category.PROMPT_INJECTION.value, shown,
@@ -65,10 +66,10 @@ class GuardPipeline:
             return Verdict(action, Category.PRIVACY.value, shown, f"personal data: {', '.join(kinds)}")
         return Verdict(Action.ALLOW, None, shown, f"unsafe score {scores.unsafe:.2f} < {t['unsafe']:.2f}")
 
-    def _decide_observed(self, text: str, direction: Direction) -> Verdict:
+    def _decide_observed(self, text: str, direction: Direction, injection: bool) -> Verdict:
         start = time.perf_counter()
         try:
-            verdict = self.decide(text, direction)
+            verdict = self.decide(text, direction, injection)
         except Exception as exc:  # fail closed: an error must not let content through unchecked
             log.exception("guard classifier failed (%s)", direction)
             action = Action.BLOCK if self.settings.fail_closed else Action.ALLOW
@@ -77,18 +78,19 @@ class GuardPipeline:
             self.observer(direction, verdict, time.perf_counter() - start, text)
         return verdict
 
-    async def check(self, text: str, direction: Direction) -> Verdict:
+    async def check(self, text: str, direction: Direction, injection: bool = True) -> Verdict:
         """Classify off the event loop."""
         context = contextvars.copy_context()  # the observer reads the request id from it
         return await asyncio.get_running_loop().run_in_executor(
-            self._pool, context.run, self._decide_observed, text, direction)
+            self._pool, context.run, self._decide_observed, text, direction, injection)
 
     async def check_input(self, messages: Sequence[Message]) -> Verdict:
-        """The last user message and any system prompt, each judged; the worst verdict wins."""
-        texts = [m.content for m in messages if m.role == "system"]
-        users = [m.content for m in messages if m.role == "user"]
-        texts += users[-1:]
-        verdicts = [await self.check(t, "input") for t in texts if t.strip()]
+        """The last user message (harm and prompt injection) and any system prompt (harm only: it is
+        the deployer's instructions), each judged; the worst verdict wins."""
+        verdicts = [await self.check(m.content, "input", injection=False)
+                    for m in messages if m.role == "system" and m.content.strip()]
+        users = [m.content for m in messages if m.role == "user" and m.content.strip()]
+        verdicts += [await self.check(text, "input") for text in users[-1:]]
         return worst(verdicts)
 
     def redact(self, text: str) -> str:

@@ -51,8 +51,8 @@ class GuardPipeline:
         scores: Scores = score_readings(self.classifier, [text], direction)[0]
         t = self.thresholds[direction]
         shown = {k: round(v, 4) for k, v in scores.categories.items()}
-        if injection and "injection" in t and scores.injection >= t["injection"] and scores.injection / t["injection"] >= \
-                scores.unsafe / t["unsafe"]:
+        injection_ratio = scores.injection / t["injection"] if injection and "injection" in t else 0.0
+        if injection_ratio >= max(1.0, scores.unsafe / t["unsafe"]):
             shown[Category.PROMPT_INJECTION.value] = round(scores.injection, 4)
             return Verdict(Action.BLOCK, Category.PROMPT_INJECTION.value, shown,
                            f"prompt injection score {scores.injection:.2f} >= {t['injection']:.2f}")
@@ -60,8 +60,9 @@ class GuardPipeline:
             category = scores.top_category() or Category.NON_VIOLENT_CRIMES.value
             return Verdict(Action.BLOCK, category, shown, f"unsafe score {scores.unsafe:.2f} >= {t['unsafe']:.2f}")
         pii_action = self.settings.output_pii if direction == "output" else self.settings.input_pii
-        if pii_action != "allow" and self.rules.find(text):
-            kinds = sorted({f.kind.value for f in self.rules.find(text)})
+        findings = self.rules.find(text) if pii_action != "allow" else []
+        if findings:
+            kinds = sorted({f.kind.value for f in findings})
             action = Action.REDACT if pii_action == "redact" else Action.BLOCK
             return Verdict(action, Category.PRIVACY.value, shown, f"personal data: {', '.join(kinds)}")
         return Verdict(Action.ALLOW, None, shown, f"unsafe score {scores.unsafe:.2f} < {t['unsafe']:.2f}")

@@ -33,5 +33,3 @@ class Category(str, Enum):
     def from_llama_guard(cls, code: str) -> Category:
         return list(cls)[int(code.strip().lstrip("S")) - 1]
 
-
-HAZARDS = tuple(c for c in Category if c is not Category.PROMPT_INJECTION)

@@ -96,10 +96,6 @@ class Engine:
             [{"role": m.role, "content": m.content} for m in messages], tokenize=False, add_generation_prompt=True)
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of a raw completion prompt (with the tokenizer's special tokens, as vLLM does)."""
-        return self.tokenizer.encode(text)
-
     async def generate(self, prompt_ids: list[int], params, request_id: str) -> AsyncIterator:
         """Delta outputs of one request; closing or cancelling the iteration aborts it in the engine."""
         from vllm.inputs import TokensPrompt
@@ -109,10 +105,6 @@ class Engine:
 
     async def abort(self, request_id: str) -> None:
         await self.llm.abort(request_id)
-
-    @property
-    def num_unfinished_requests(self) -> int:
-        return self.llm.get_num_unfinished_requests()
 
     @property
     def healthy(self) -> bool:

@@ -32,4 +32,3 @@ class Category(str, Enum):
     @classmethod
     def from_llama_guard(cls, code: str) -> Category:
         return list(cls)[int(code.strip().lstrip("S")) - 1]
-

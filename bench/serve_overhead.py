@@ -1,6 +1,7 @@
-"""Serving overhead: our server (FastAPI + guard seams + in-process AsyncLLM) vs vLLM's own OpenAI
-server, on the same model with the same engine settings and core pinning, under the same streaming
-load. Prints throughput ours/raw and TTFT p50/p99 for both. Run one heavy job at a time.
+"""Serving overhead: our server (FastAPI + in-process AsyncLLM) without the guard (`bare`) and with it
+(`guard`) vs vLLM's own OpenAI server (`raw`), on the same model with the same engine settings and
+core pinning, under the same streaming load. Prints throughput ours/raw and TTFT p50/p99 for each
+pair. Run one heavy job at a time.
 
     .venv/bin/python bench/serve_overhead.py [--concurrency 16 64] [--max-tokens 128] [--rounds 2]
 """
@@ -83,8 +84,10 @@ async def load(base_url: str, name: str, model: str, concurrency: int, per_worke
 def servers(model_dir: Path, logs: Path, kv_gib: float, max_len: int) -> dict[str, ServerProcess]:
     bind = default_cpu_bind()
     env = {"VLLM_CPU_OMP_THREADS_BIND": bind}
-    ours = ServerProcess.guardchat(None, free_port(), logs / "ours.log", "--engine.kv-cache-gib", str(kv_gib),
-                                   "--engine.max-model-len", str(max_len), "--server.log-level", "warning", env=env)
+    common = ("--engine.kv-cache-gib", str(kv_gib), "--engine.max-model-len", str(max_len),
+              "--server.log-level", "warning")
+    ours = {name: ServerProcess.guardchat(None, free_port(), logs / f"{name}.log", *common, flag, env=env)
+            for name, flag in (("guard", "--guard.enabled"), ("bare", "--no-guard.enabled"))}
     port = free_port()
     raw = ServerProcess(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
@@ -92,7 +95,7 @@ def servers(model_dir: Path, logs: Path, kv_gib: float, max_len: int) -> dict[st
          "--kv-cache-memory-bytes", str(int(kv_gib * 2**30)), "--max-num-seqs", "128", "--enforce-eager",
          "--seed", "0", "--port", str(port), "--host", "127.0.0.1", "--uvicorn-log-level", "warning"],
         port, logs / "raw.log", env={**env, "VLLM_CACHE_ROOT": str(default_cache_dir() / "vllm")})
-    return {"ours": ours, "raw": raw}
+    return {**ours, "raw": raw}
 
 
 def main() -> None:
@@ -115,12 +118,12 @@ def main() -> None:
             proc.start()
         for c in args.concurrency:
             for r in range(args.rounds):
-                order = ["ours", "raw"] if r % 2 == 0 else ["raw", "ours"]
+                order = ["bare", "guard", "raw"] if r % 2 == 0 else ["raw", "guard", "bare"]
                 for name in order:
                     run = asyncio.run(load(procs[name].base_url, name, DEFAULT_MODEL_NAME, c, args.per_worker,
                                            args.max_tokens))
                     runs.append(run)
-                    print(f"  c={c:3d} round {r} {name:4s}: {run.throughput:7.1f} tok/s, "
+                    print(f"  c={c:3d} round {r} {name:5s}: {run.throughput:7.1f} tok/s, "
                           f"TTFT p50 {run.ttft(0.5) * 1000:6.1f} ms, prompt {run.prompt_tokens} tokens", flush=True)
     finally:
         for proc in procs.values():
@@ -130,18 +133,19 @@ def main() -> None:
 
 def report(runs: list[Run], args) -> None:
     print(f"\nstreaming load: {args.per_worker} requests per client x {args.max_tokens} tokens (ignore_eos), "
-          f"median over {args.rounds} rounds")
-    print(f"{'conc':>4} | {'ours tok/s':>10} {'raw tok/s':>10} {'ratio':>6} | {'TTFT p50 ours/raw ms':>21} "
-          f"{'overhead':>8} | {'TTFT p99 ours/raw ms':>21}")
+          f"median over {args.rounds} rounds; ours without the guard (bare) and with it (guard) vs raw vLLM")
+    print(f"{'conc':>4} {'ours':>5} | {'ours tok/s':>10} {'raw tok/s':>10} {'ratio':>6} | "
+          f"{'TTFT p50 ours/raw ms':>21} {'overhead':>8} | {'TTFT p99 ours/raw ms':>21}")
     for c in args.concurrency:
         def med(name, f):
             return statistics.median(f(r) for r in runs if r.server == name and r.concurrency == c)
-        tput = {n: med(n, lambda r: r.throughput) for n in ("ours", "raw")}
-        p50 = {n: med(n, lambda r: r.ttft(0.5)) * 1000 for n in ("ours", "raw")}
-        p99 = {n: med(n, lambda r: r.ttft(0.99)) * 1000 for n in ("ours", "raw")}
-        print(f"{c:>4} | {tput['ours']:>10.1f} {tput['raw']:>10.1f} {tput['ours'] / tput['raw']:>6.3f} | "
-              f"{p50['ours']:>10.1f} {p50['raw']:>10.1f} {p50['ours'] - p50['raw']:>+8.1f} | "
-              f"{p99['ours']:>10.1f} {p99['raw']:>10.1f}")
+        for ours in ("bare", "guard"):
+            tput = {n: med(n, lambda r: r.throughput) for n in (ours, "raw")}
+            p50 = {n: med(n, lambda r: r.ttft(0.5)) * 1000 for n in (ours, "raw")}
+            p99 = {n: med(n, lambda r: r.ttft(0.99)) * 1000 for n in (ours, "raw")}
+            print(f"{c:>4} {ours:>5} | {tput[ours]:>10.1f} {tput['raw']:>10.1f} {tput[ours] / tput['raw']:>6.3f} | "
+                  f"{p50[ours]:>10.1f} {p50['raw']:>10.1f} {p50[ours] - p50['raw']:>+8.1f} | "
+                  f"{p99[ours]:>10.1f} {p99['raw']:>10.1f}")
 
 
 if __name__ == "__main__":

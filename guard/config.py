@@ -37,8 +37,9 @@ class GuardSettings(BaseModel):
         48, ge=1, description="Streaming: text is released after the output check at a sentence end or once this "
         "many characters are held back.")
     first_hold_chars: int = Field(
-        8, ge=1, description="Streaming: the first release of a reply comes after this many characters (then "
-        "hold_chars), so that the reply starts promptly.")
+        1, ge=1, description="Streaming: the first release of a reply comes once this many characters have "
+        "passed the check (then hold_chars): by default the first word goes out as soon as it is checked, so "
+        "the guard adds no hold-back to the time to first token.")
     min_block_chars: int = Field(
         32, ge=0, description="Streaming: a flagged reply shorter than this is held (not released, not yet "
         "stopped) until more text or the end of the reply decides.")

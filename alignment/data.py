@@ -1,0 +1,225 @@
+"""Alignment data: prompts, demonstrations, comparisons and the ptx corpus.
+
+Sources are named as in the guard's recipes (guard/datasets.py) and read from the same local mirror
+folder; a missing data set is skipped and reported. The project's own rows (guard/data/own) supply
+benign prompts, look-alikes of harmful ones and Chinese. What goes where:
+
+- prompts: harmful (AdvBench, HarmBench, CatQA en/zh, DangerousQA, JADE v2 zh, JailBench seeds, our
+  own) and benign (our own everyday + look-alike prompts, CoCoNot's should-comply contrasts). A
+  stable hash of each prompt puts it in train or eval; the evaluation sets (JBB, JADE v1, XSTest) are
+  eval only. Train and eval are disjoint and written to the stage folder.
+- demonstrations: for harmful prompts, a refusal that says why and offers a safe alternative
+  (alignment/refusal.py); for benign prompts, the base model's own answers that pass the guard's
+  output check and are not refusals (self-distillation keeps what the base model can do).
+- comparisons: HH-RLHF harmless pairs (last exchange), JADE v3 (prompt, safe > unsafe) triples,
+  CoCoNot preference pairs, and rankings of K answers per prompt built from demonstrations and base
+  outputs (refusal > base output for harmful prompts, base answer > refusal for benign ones),
+  turned into all K(K-1)/2 pairs as InstructGPT did; plus any exported feedback pairs.
+- ptx: human-written text the RL prompts do not contain, standing in for the base model's
+  pretraining corpus (not available offline): HH-RLHF dialogue text and COLD's non-offensive Chinese
+  comments, plus any text files the recipe lists.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import itertools
+import json
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from guard.datasets import RECIPES, dedup_key, guess_category, lang_of, own_examples, split_of
+
+HARMFUL_TRAIN = ("advbench", "harmbench", "catqa_en", "catqa_zh", "dangerousqa", "jade_v2_easy", "jade_v2_medium",
+                 "jailbench_seed", "forbidden_questions", "do_not_answer", "own_inputs_harmful")
+BENIGN_TRAIN = ("own_inputs_everyday", "own_inputs_benign_lookalikes", "coconot_contrast", "forbidden_questions",
+                "do_not_answer")
+EVAL_ONLY = ("jbb_harmful", "jbb_benign", "jade_v1", "xstest")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    harmful: bool
+    category: str | None
+    lang: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Pair:
+    prompt: str
+    chosen: str
+    rejected: str
+    source: str
+
+
+@dataclass
+class Prompts:
+    train: list[Prompt]
+    eval: list[Prompt]
+    skipped: list[str]
+
+    def save(self, folder: Path) -> None:
+        for name, rows in (("prompts_train.jsonl", self.train), ("prompts_eval.jsonl", self.eval)):
+            write_jsonl(folder / name, (asdict(p) for p in rows))
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _input_examples(mirror: Path | None, sources: Sequence[str], skipped: list[str]):
+    for recipe in RECIPES:
+        if recipe.source not in sources or recipe.direction != "input":
+            continue
+        if mirror is None or not (mirror / recipe.path).is_file():
+            skipped.append(recipe.source)
+            continue
+        yield from recipe.examples(mirror)
+    yield from (e for e in own_examples() if e.source in sources and e.direction == "input")
+
+
+def load_prompts(mirror: Path | None, eval_fraction: float = 0.1, max_len: int = 400) -> Prompts:
+    """Harmful and benign prompts, de-duplicated, split into disjoint train and eval sets."""
+    skipped: list[str] = []
+    evals: list[Prompt] = []
+    for e in _input_examples(mirror, EVAL_ONLY, skipped):
+        evals.append(Prompt(e.text, e.unsafe, e.category, e.lang, e.source))
+    seen = {dedup_key(p.text) for p in evals}
+    train: list[Prompt] = []
+    pool = itertools.chain(_input_examples(mirror, HARMFUL_TRAIN, skipped),
+                           _input_examples(mirror, BENIGN_TRAIN, skipped))
+    for e in pool:
+        key = dedup_key(e.text)
+        harmful_source = e.source in HARMFUL_TRAIN
+        benign_source = e.source in BENIGN_TRAIN
+        if not key or key in seen or len(e.text) > max_len or (e.unsafe and not harmful_source) or (
+                not e.unsafe and not benign_source) or e.category == "prompt_injection":
+            continue
+        seen.add(key)
+        prompt = Prompt(e.text, e.unsafe, e.category or (guess_category(e.text) if e.unsafe else None), e.lang,
+                        e.source)
+        (evals if split_of(key, eval_fraction) == "dev" else train).append(prompt)
+    return Prompts(train, evals, sorted(set(skipped)))
+
+
+def balanced(prompts: Sequence[Prompt], n: int, seed: int = 0, zh_share: float = 0.3) -> list[Prompt]:
+    """Up to n prompts, half harmful and half benign, each with about `zh_share` Chinese."""
+    rng = random.Random(seed)
+    out: list[Prompt] = []
+    for harmful in (True, False):
+        for lang, share in (("zh", zh_share), ("en", 1 - zh_share)):
+            pool = [p for p in prompts if p.harmful == harmful and p.lang == lang]
+            rng.shuffle(pool)
+            out += pool[: round(n / 2 * share)]
+    rng.shuffle(out)
+    return out
+
+
+def ranking_pairs(prompt: str, ranked: Sequence[Sequence[str]], source: str) -> list[Pair]:
+    """InstructGPT's comparisons: K answers ranked (best group first; answers in one group tie)
+    give every pair of answers from different groups, K(K-1)/2 when there are no ties."""
+    pairs = []
+    for i, better in enumerate(ranked):
+        for worse in ranked[i + 1:]:
+            pairs += [Pair(prompt, a, b, source) for a in better for b in worse if a != b]
+    return pairs
+
+
+def hh_pairs(mirror: Path) -> Iterator[Pair]:
+    """HH-RLHF harmless-base: the last human turn and the two final assistant replies."""
+    with gzip.open(mirror / "hh_rlhf_harmless_base_test" / "test.jsonl.gz", "rt", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            head_c, _, chosen = row["chosen"].rpartition("\n\nAssistant:")
+            head_r, _, rejected = row["rejected"].rpartition("\n\nAssistant:")
+            prompt = head_c.rpartition("\n\nHuman:")[2].strip()
+            if head_c == head_r and prompt and chosen.strip() and rejected.strip() and chosen != rejected:
+                yield Pair(prompt, chosen.strip(), rejected.strip(), "hh_rlhf_harmless")
+
+
+def jade_pairs(mirror: Path) -> Iterator[Pair]:
+    for level in ("medium", "hard"):
+        path = mirror / "jade_db_zh" / "jade-db-v3.0" / f"jade_alignment_{level}_zh.utf8.csv"
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            for row in csv.DictReader(f):
+                if row["问题"].strip() and row["安全有用回答"].strip() and row["违规回答"].strip():
+                    yield Pair(row["问题"].strip(), row["安全有用回答"].strip(), row["违规回答"].strip(), f"jade_v3_{level}")
+
+
+def coconot_pairs(mirror: Path) -> Iterator[Pair]:
+    for row in read_jsonl(mirror / "coconot_en" / "coconot_pref.jsonl"):
+        yield Pair(row["prompt"].strip(), row["chosen"].strip(), row["rejected"].strip(), "coconot_pref")
+
+
+PUBLIC_PAIRS = {"hh_rlhf_harmless": (hh_pairs, "hh_rlhf_harmless_base_test/test.jsonl.gz"),
+                "jade_v3": (jade_pairs, "jade_db_zh/jade-db-v3.0/jade_alignment_medium_zh.utf8.csv"),
+                "coconot_pref": (coconot_pairs, "coconot_en/coconot_pref.jsonl")}
+
+
+def public_pairs(mirror: Path | None, max_chars: int = 1200) -> tuple[list[Pair], list[str]]:
+    pairs, skipped = [], []
+    for name, (reader, probe) in PUBLIC_PAIRS.items():
+        if mirror is None or not (mirror / probe).is_file():
+            skipped.append(name)
+            continue
+        pairs += [p for p in reader(mirror) if max(len(p.chosen), len(p.rejected)) <= max_chars]
+    return pairs, skipped
+
+
+def split_pairs(pairs: Sequence[Pair], eval_prompts: Iterable[str], eval_fraction: float = 0.1,
+                ) -> tuple[list[Pair], list[Pair]]:
+    """Held-out pairs by prompt: a prompt's pairs all go to one side, and pairs whose prompt is an
+    evaluation prompt of the policy are never trained on."""
+    held = {dedup_key(p) for p in eval_prompts}
+    train, dev = [], []
+    for pair in pairs:
+        key = dedup_key(pair.prompt)
+        (dev if key in held or split_of(key, eval_fraction) == "dev" else train).append(pair)
+    return train, dev
+
+
+def ptx_texts(mirror: Path | None, extra_files: Sequence[Path] = (), limit: int = 4000, seed: int = 0) -> list[str]:
+    """The pretraining-mix corpus (see the module docstring)."""
+    texts: list[str] = []
+    if mirror is not None and (mirror / "hh_rlhf_harmless_base_test" / "test.jsonl.gz").is_file():
+        with gzip.open(mirror / "hh_rlhf_harmless_base_test" / "test.jsonl.gz", "rt", encoding="utf-8") as f:
+            texts += [json.loads(line)["chosen"].strip() for line in f]
+    if mirror is not None and (mirror / "cold_zh" / "train.csv").is_file():
+        with open(mirror / "cold_zh" / "train.csv", encoding="utf-8-sig", newline="") as f:
+            texts += [r["TEXT"] for r in csv.DictReader(f) if r.get("label") == "0"]
+    for path in extra_files:
+        texts += [line for line in Path(path).read_text(encoding="utf-8").split("\n\n") if line.strip()]
+    rng = random.Random(seed)
+    rng.shuffle(texts)
+    return texts[:limit]
+
+
+def sft_rows(prompts: Sequence[Prompt], answers: dict[str, str]) -> list[dict]:
+    """Conversational SFT rows (TRL's `messages` format)."""
+    return [{"messages": [{"role": "user", "content": p.text}, {"role": "assistant", "content": answers[p.text]}]}
+            for p in prompts if p.text in answers]
+
+
+def preference_rows(pairs: Sequence[Pair]) -> list[dict]:
+    """TRL's conversational preference format (RewardTrainer and DPOTrainer read it)."""
+    return [{"prompt": [{"role": "user", "content": p.prompt}], "chosen": [{"role": "assistant", "content": p.chosen}],
+             "rejected": [{"role": "assistant", "content": p.rejected}], "source": p.source} for p in pairs]
+
+
+__all__ = ["Prompt", "Pair", "Prompts", "load_prompts", "balanced", "ranking_pairs", "public_pairs", "split_pairs",
+           "ptx_texts", "sft_rows", "preference_rows", "read_jsonl", "write_jsonl", "lang_of"]

@@ -1,0 +1,96 @@
+"""An alignment recipe: one YAML file naming the base model, the data and every stage's settings."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from alignment.ppo.trainer import PPOConfig
+from guard.config import default_mirror
+
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Strict):
+    mirror: Path | None = Field(default_factory=default_mirror, description="Local mirror of the public data "
+                                "sets (default: $GUARDCHAT_DATA_MIRROR, else ../shared/data beside the repo).")
+    train_prompts: int = Field(600, ge=2, description="Training prompts drawn (half harmful, half benign).")
+    eval_prompts: int = Field(200, ge=2, description="Held-out harmful/benign prompts for `eval` (plus XSTest safe).")
+    zh_share: float = Field(0.3, ge=0, le=1, description="Share of Chinese prompts.")
+    base_samples: int = Field(2, ge=1, description="Base-model answers sampled per training prompt (for "
+                              "demonstrations and rankings).")
+    answer_tokens: int = Field(160, ge=8, description="Length cap of generated answers.")
+    max_public_pairs: int = Field(1200, ge=0, description="Public comparison pairs used (HH-RLHF, JADE v3, CoCoNot).")
+    feedback: list[Path] = Field(default_factory=list, description="Exported feedback pairs (JSONL in TRL's "
+                                 "preference format, `guardchat feedback export`) added to the comparisons.")
+    ptx_files: list[Path] = Field(default_factory=list, description="Extra plain-text files for the ptx corpus.")
+    ptx_texts: int = Field(2000, ge=0, description="Documents in the ptx corpus (a tenth more is held out for "
+                           "the perplexity in `eval`).")
+    seed: int = 0
+
+
+class SFTStage(Strict):
+    epochs: float = 1.0
+    lr: float = 5e-5
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 384
+    save_steps: int = 50
+
+
+class RMStage(Strict):
+    epochs: float = 1.0
+    lr: float = 3e-5
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 384
+    save_steps: int = 100
+
+
+class DPOStage(Strict):
+    beta: float = Field(0.1, gt=0, description="Strength of the pull toward the reference.")
+    epochs: float = 1.0
+    lr: float = 5e-6
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 384
+    save_steps: int = 50
+
+
+class PPOStage(PPOConfig):
+    model_config = ConfigDict(extra="forbid")
+    guard_cost: float = Field(0.0, ge=0, description="Subtracted from the reward, times the guard output "
+                              "classifier's unsafe probability (0: the reward model alone).")
+    reward_scale: float = Field(1.0, gt=0, description="Reward model scores are divided by this.")
+
+
+class EvalStage(Strict):
+    max_new_tokens: int = 128
+    xstest_safe: int = Field(250, ge=0, description="XSTest safe prompts for the over-refusal rate (all 250).")
+
+
+class Recipe(Strict):
+    name: str = "recipe"
+    base_model: str = Field("default", description="'default' (SmolLM2-135M-Instruct from the PyPI package) or "
+                            "a local HF-format folder.")
+    out_dir: Path = Field(Path("runs/recipe"), description="Where stage folders go (relative to the working dir).")
+    cache_dir: Path | None = Field(None, description="guardchat's cache (default model, guard artifact).")
+    stages: list[str] = Field(["sft", "rm", "ppo", "dpo", "eval"], description="What `run` runs, in order.")
+    data: DataConfig = DataConfig()
+    sft: SFTStage = SFTStage()
+    rm: RMStage = RMStage()
+    ppo: PPOStage = PPOStage()
+    dpo: DPOStage = DPOStage()
+    eval: EvalStage = EvalStage()
+
+    @classmethod
+    def load(cls, path: Path) -> Recipe:
+        path = Path(path)
+        if not path.is_file() and (RECIPES / f"{path}.yaml").is_file():
+            path = RECIPES / f"{path}.yaml"
+        return cls.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})

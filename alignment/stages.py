@@ -1,0 +1,326 @@
+"""The stages of a recipe: data, sft, rm, ppo, dpo, eval. Each writes a folder under the recipe's
+out_dir (model, the config it used, metrics JSONL, a plot of its curves) and a DONE marker; a
+re-run skips finished stages, and an interrupted one resumes from its last checkpoint."""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, TrainerCallback
+
+from alignment import data as D
+from alignment.recipe import Recipe
+from alignment.refusal import is_refusal, refusal
+
+log = logging.getLogger(__name__)
+STAGES = ("data", "sft", "rm", "ppo", "dpo", "eval")
+NEEDS = {"sft": ("data",), "rm": ("sft",), "ppo": ("sft", "rm"), "dpo": ("sft",), "eval": ("sft",)}
+
+
+def plot_curves(metrics: Path, out: Path, title: str) -> None:
+    """One small panel per numeric series of a metrics JSONL file."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = D.read_jsonl(metrics) if metrics.is_file() else []
+    keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k not in ("step", "epoch",
+                   "iteration")})
+    if not keys:
+        return
+    cols = min(4, len(keys))
+    fig, axes = plt.subplots((len(keys) + cols - 1) // cols, cols, figsize=(3.2 * cols, 2.4 * ((len(keys) + cols - 1)
+                             // cols)), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        pts = [(r.get("step", r.get("iteration", i)), r[key]) for i, r in enumerate(rows) if key in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 30 else None)
+        ax.set_title(key, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+class MetricsLog(TrainerCallback):
+    """TRL/transformers log lines -> metrics.jsonl, and a one-line summary per logging step."""
+
+    def __init__(self, path: Path, stage: str):
+        self.path, self.stage = path, stage
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs:
+            return
+        row = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        shown = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step" and "runtime" not in k
+                         and "per_second" not in k)
+        tqdm.write(f"{self.stage} step {state.global_step}: {shown}")
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(checkpoints[-1]) if checkpoints else None
+
+
+class Pipeline:
+    def __init__(self, recipe: Recipe, recipe_text: str = ""):
+        self.recipe = recipe
+        self.recipe_text = recipe_text
+        self.out = Path(recipe.out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    # --- bookkeeping -------------------------------------------------------------------------
+    def dir(self, stage: str) -> Path:
+        return self.out / stage
+
+    def done(self, stage: str) -> bool:
+        return (self.dir(stage) / "DONE").is_file()
+
+    def cache_dir(self) -> Path:
+        from serve.settings import default_cache_dir
+        return Path(self.recipe.cache_dir) if self.recipe.cache_dir else default_cache_dir()
+
+    def base_dir(self) -> Path:
+        if self.recipe.base_model == "default":
+            from serve.default_model import ensure_default_model
+            return ensure_default_model(self.cache_dir())
+        return Path(self.recipe.base_model)
+
+    def model_dir(self, stage: str) -> Path:
+        return self.base_dir() if stage == "base" else self.dir(stage) / "model"
+
+    def run(self, stages: list[str] | None = None, force: bool = False) -> None:
+        for stage in stages or self.recipe.stages:
+            self.stage(stage, force=force)
+
+    def stage(self, stage: str, force: bool = False) -> Path:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}: one of {', '.join(STAGES)}")
+        folder = self.dir(stage)
+        if self.done(stage) and not force:
+            tqdm.write(f"align: {stage} already done ({folder}), skipped")
+            return folder
+        for need in NEEDS.get(stage, ()):
+            if not self.done(need):
+                self.stage(need)
+        if force and folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        section = getattr(self.recipe, stage, None)
+        used = {"recipe": self.recipe.name, "stage": stage,
+                "config": section.model_dump(mode="json") if section is not None else None}
+        (folder / "config.json").write_text(json.dumps(used, indent=2))
+        started = time.time()
+        tqdm.write(f"align: {stage} -> {folder}")
+        getattr(self, f"run_{stage}")(folder)
+        if (folder / "metrics.jsonl").is_file():
+            plot_curves(folder / "metrics.jsonl", folder / "curves.png", f"{self.recipe.name}: {stage}")
+        (folder / "DONE").write_text(json.dumps({"seconds": round(time.time() - started, 1)}))
+        tqdm.write(f"align: {stage} done in {time.time() - started:.0f} s")
+        return folder
+
+    # --- data --------------------------------------------------------------------------------
+    def run_data(self, folder: Path) -> None:
+        cfg = self.recipe.data
+        prompts = D.load_prompts(cfg.mirror)
+        train = D.balanced(prompts.train, cfg.train_prompts, cfg.seed, cfg.zh_share)
+        held = [p for p in prompts.eval if p.source != "xstest"]
+        evals = D.balanced(held, self.recipe.data.eval_prompts, cfg.seed, cfg.zh_share)
+        evals += [p for p in prompts.eval if p.source == "xstest" and not p.harmful][: self.recipe.eval.xstest_safe]
+        D.Prompts(train, evals, prompts.skipped).save(folder)
+
+        # Base-model answers: helpful demonstrations for benign prompts (those the guard's output
+        # check passes and that do not refuse) and the losing side of rankings for harmful ones.
+        answers = self.base_answers([p.text for p in train], folder / "base_answers.jsonl")
+        guard = self.guard()
+        demos: dict[str, str] = {}
+        pairs: list[D.Pair] = []
+        verdicts = {a: guard.decide(a, "output").blocked for outs in answers for a in outs}
+        for p, outs in zip(train, answers):
+            decline = refusal(p.category, p.lang)
+            passing = [a for a in outs if a and not verdicts[a] and not is_refusal(a)]
+            others = [a for a in outs if a and a not in passing]
+            if p.harmful:
+                demos[p.text] = decline
+                ranked = [[decline], [a for a in outs if a and is_refusal(a) and not verdicts[a]],
+                          [a for a in outs if a and not (is_refusal(a) and not verdicts[a])]]
+            else:
+                if passing:
+                    demos[p.text] = passing[0]
+                ranked = [passing, others, [decline]]
+            pairs += D.ranking_pairs(p.text, [g for g in ranked if g], "rankings")
+        public, skipped = D.public_pairs(cfg.mirror)
+        random.Random(cfg.seed).shuffle(public)
+        pairs += public[: cfg.max_public_pairs]
+        for path in cfg.feedback:
+            pairs += [D.Pair(r["prompt"][-1]["content"] if isinstance(r["prompt"], list) else r["prompt"],
+                             r["chosen"][-1]["content"] if isinstance(r["chosen"], list) else r["chosen"],
+                             r["rejected"][-1]["content"] if isinstance(r["rejected"], list) else r["rejected"],
+                             "feedback") for r in D.read_jsonl(Path(path))]
+        pairs_train, pairs_dev = D.split_pairs(pairs, [p.text for p in evals])
+        D.write_jsonl(folder / "sft.jsonl", D.sft_rows(train, demos))
+        D.write_jsonl(folder / "pairs_train.jsonl", D.preference_rows(pairs_train))
+        D.write_jsonl(folder / "pairs_dev.jsonl", D.preference_rows(pairs_dev))
+        ptx = D.ptx_texts(cfg.mirror, cfg.ptx_files, limit=cfg.ptx_texts + cfg.ptx_texts // 10, seed=cfg.seed)
+        D.write_jsonl(folder / "ptx_train.jsonl", ({"text": t} for t in ptx[: cfg.ptx_texts]))
+        D.write_jsonl(folder / "ptx_eval.jsonl", ({"text": t} for t in ptx[cfg.ptx_texts:]))
+        summary = {
+            "prompts_train": count(train, lambda p: f"{'harmful' if p.harmful else 'benign'}_{p.lang}"),
+            "prompts_eval": count(evals, lambda p: f"{p.source}_{'harmful' if p.harmful else 'benign'}"),
+            "demonstrations": {"refusals": sum(p.harmful and p.text in demos for p in train),
+                               "base_answers_kept": sum(not p.harmful and p.text in demos for p in train),
+                               "benign_prompts": sum(not p.harmful for p in train)},
+            "pairs_train": count(pairs_train, lambda p: p.source), "pairs_dev": count(pairs_dev, lambda p: p.source),
+            "ptx": {"train": min(len(ptx), cfg.ptx_texts), "eval": max(0, len(ptx) - cfg.ptx_texts)},
+            "skipped": sorted(set(prompts.skipped) | set(skipped)),
+        }
+        (folder / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+        tqdm.write("align data: " + json.dumps(summary, ensure_ascii=False))
+
+    def base_answers(self, prompts: list[str], path: Path) -> list[list[str]]:
+        """`base_samples` sampled answers per prompt, kept in the data folder (a resumed run reuses them)."""
+        cfg = self.recipe.data
+        if path.is_file():
+            rows = D.read_jsonl(path)
+            if [r["prompt"] for r in rows] == prompts:
+                return [r["answers"] for r in rows]
+        from alignment.generate import generate_answers
+        answers = generate_answers(self.base_dir(), prompts, max_tokens=cfg.answer_tokens, temperature=0.8,
+                                   n=cfg.base_samples, seed=cfg.seed, desc="base answers")
+        D.write_jsonl(path, ({"prompt": p, "answers": a} for p, a in zip(prompts, answers)))
+        return answers
+
+    def guard(self):
+        from guard.artifact import ensure_artifact
+        from guard.config import GuardSettings
+        from guard.pipeline import GuardPipeline
+
+        settings = GuardSettings()
+        return GuardPipeline.load(ensure_artifact(settings, self.cache_dir()), settings)
+
+    def dataset(self, name: str):
+        from datasets import Dataset
+        return Dataset.from_list(D.read_jsonl(self.dir("data") / name))
+
+    def tokenizer(self, folder: Path):
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+            raise ValueError(f"{folder}: the tokenizer needs a pad token distinct from EOS")
+        return tokenizer
+
+    def common_args(self, folder: Path, cfg) -> dict:
+        return dict(output_dir=str(folder / "trainer"), use_cpu=True, num_train_epochs=cfg.epochs,
+                    learning_rate=cfg.lr, per_device_train_batch_size=cfg.batch_size,
+                    gradient_accumulation_steps=cfg.grad_accum, max_length=cfg.max_length, logging_steps=5,
+                    save_steps=cfg.save_steps, save_total_limit=1, report_to="none", seed=self.recipe.data.seed,
+                    disable_tqdm=False, dataloader_num_workers=0, lr_scheduler_type="cosine", warmup_ratio=0.05)
+
+    def finish_trainer(self, trainer, folder: Path, tokenizer) -> None:
+        trainer.train(resume_from_checkpoint=last_checkpoint(folder / "trainer"))
+        trainer.save_model(str(folder / "model"))
+        tokenizer.save_pretrained(folder / "model")
+        shutil.rmtree(folder / "trainer", ignore_errors=True)
+
+    # --- sft / rm / dpo (TRL) ----------------------------------------------------------------
+    def run_sft(self, folder: Path) -> None:
+        from trl import SFTConfig, SFTTrainer
+
+        base = self.base_dir()
+        tokenizer = self.tokenizer(base)
+        rows = [{"prompt": r["messages"][:1], "completion": r["messages"][1:]}
+                for r in D.read_jsonl(self.dir("data") / "sft.jsonl")]
+        from datasets import Dataset
+        args = SFTConfig(**self.common_args(folder, self.recipe.sft), completion_only_loss=True)
+        trainer = SFTTrainer(model=str(base), args=args, train_dataset=Dataset.from_list(rows),
+                             processing_class=tokenizer, callbacks=[MetricsLog(folder / "metrics.jsonl", "sft")])
+        self.finish_trainer(trainer, folder, tokenizer)
+
+    def run_rm(self, folder: Path) -> None:
+        from transformers import AutoModelForSequenceClassification
+        from trl import RewardConfig, RewardTrainer
+
+        sft = self.model_dir("sft")
+        tokenizer = self.tokenizer(sft)
+        model = AutoModelForSequenceClassification.from_pretrained(sft, num_labels=1, dtype=torch.float32)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        args = RewardConfig(**self.common_args(folder, self.recipe.rm))
+        trainer = RewardTrainer(model=model, args=args, train_dataset=self.dataset("pairs_train.jsonl"),
+                                processing_class=tokenizer, callbacks=[MetricsLog(folder / "metrics.jsonl", "rm")])
+        self.finish_trainer(trainer, folder, tokenizer)
+        self.rm_accuracy(folder)
+
+    def rm_accuracy(self, folder: Path) -> dict:
+        """Held-out pairwise accuracy, overall and per source."""
+        from alignment.reward import RewardModel
+
+        rm = RewardModel(folder / "model", max_length=self.recipe.rm.max_length)
+        dev = D.read_jsonl(self.dir("data") / "pairs_dev.jsonl")
+        report: dict[str, dict] = {}
+        for source in sorted({r["source"] for r in dev}) + ["all"]:
+            rows = [r for r in dev if source in ("all", r["source"])]
+            acc = rm.accuracy([r["prompt"][0]["content"] for r in rows], [r["chosen"][0]["content"] for r in rows],
+                              [r["rejected"][0]["content"] for r in rows])
+            report[source] = {"pairs": len(rows), "accuracy": round(acc, 4)}
+        (folder / "heldout_accuracy.json").write_text(json.dumps(report, indent=2))
+        tqdm.write(f"rm held-out pairwise accuracy: {json.dumps(report)}")
+        return report
+
+    def run_dpo(self, folder: Path) -> None:
+        from trl import DPOConfig, DPOTrainer
+
+        sft = self.model_dir("sft")
+        tokenizer = self.tokenizer(sft)
+        args = DPOConfig(**self.common_args(folder, self.recipe.dpo), beta=self.recipe.dpo.beta)
+        trainer = DPOTrainer(model=str(sft), args=args, train_dataset=self.dataset("pairs_train.jsonl"),
+                             processing_class=tokenizer, callbacks=[MetricsLog(folder / "metrics.jsonl", "dpo")])
+        self.finish_trainer(trainer, folder, tokenizer)
+
+    # --- ppo (ours) --------------------------------------------------------------------------
+    def run_ppo(self, folder: Path) -> None:
+        from alignment.ppo.trainer import PPOTrainer
+        from alignment.reward import RewardModel
+
+        cfg = self.recipe.ppo
+        sft = self.model_dir("sft")
+        tokenizer = self.tokenizer(sft)
+        rm = RewardModel(self.model_dir("rm"), max_length=self.recipe.rm.max_length)
+        guard = self.guard() if cfg.guard_cost > 0 else None
+
+        def reward(prompts: list[str], responses: list[str], _ids) -> list[float]:
+            scores = rm.score(prompts, responses) / cfg.reward_scale
+            if guard is not None:
+                from guard.classifiers.base import score_readings
+                unsafe = torch.tensor([s.unsafe for s in score_readings(guard.classifier, responses, "output")])
+                scores = scores - cfg.guard_cost * unsafe
+            return scores.tolist()
+
+        prompts = [r["text"] for r in D.read_jsonl(self.dir("data") / "prompts_train.jsonl")]
+        ptx = [r["text"] for r in D.read_jsonl(self.dir("data") / "ptx_train.jsonl")]
+        trainer = PPOTrainer(cfg, sft, tokenizer, reward, prompts, folder, ptx_texts=ptx)
+        try:
+            trainer.train()
+        finally:
+            trainer.close()
+        trainer.policy.model.save_pretrained(folder / "model", safe_serialization=True)
+        tokenizer.save_pretrained(folder / "model")
+        shutil.rmtree(folder / "checkpoint", ignore_errors=True)
+
+    # --- eval --------------------------------------------------------------------------------
+    def run_eval(self, folder: Path) -> None:
+        from alignment.evaluate import evaluate
+        evaluate(self, folder)
+
+
+def count(rows, key) -> dict[str, int]:
+    return dict(sorted(Counter(map(key, rows)).items()))

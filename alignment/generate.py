@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
@@ -24,6 +25,7 @@ def generate_answers(model_dir: Path, prompts: Sequence[str], *, max_tokens: int
     from vllm import LLM, SamplingParams, TokensPrompt
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    threads = torch.get_num_threads()  # vLLM drops torch to one thread "for serving": training needs them back
     llm = LLM(model=str(model_dir), dtype=dtype, enforce_eager=True, seed=seed, max_model_len=2048,
               kv_cache_memory_bytes=int(kv_cache_gib * 2**30))
     try:
@@ -42,3 +44,4 @@ def generate_answers(model_dir: Path, prompts: Sequence[str], *, max_tokens: int
     finally:
         del llm
         gc.collect()
+        torch.set_num_threads(threads)

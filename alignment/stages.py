@@ -224,7 +224,7 @@ class Pipeline:
                     learning_rate=cfg.lr, per_device_train_batch_size=cfg.batch_size,
                     gradient_accumulation_steps=cfg.grad_accum, max_length=cfg.max_length, logging_steps=5,
                     save_steps=cfg.save_steps, save_total_limit=1, report_to="none", seed=self.recipe.data.seed,
-                    disable_tqdm=False, dataloader_num_workers=0, lr_scheduler_type="cosine", warmup_ratio=0.05)
+                    disable_tqdm=False, dataloader_num_workers=0, lr_scheduler_type="cosine", warmup_steps=0.05)
 
     def finish_trainer(self, trainer, folder: Path, tokenizer) -> None:
         trainer.train(resume_from_checkpoint=last_checkpoint(folder / "trainer"))

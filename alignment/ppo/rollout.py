@@ -54,8 +54,10 @@ class VLLMRollout:
         from vllm import LLM
 
         self.eos_token_id = eos_token_id
+        threads = torch.get_num_threads()
         self.llm = LLM(model=str(folder), dtype=dtype, enforce_eager=True, seed=seed, max_model_len=max_model_len,
                        kv_cache_memory_bytes=int(kv_cache_gib * 2**30), enable_prefix_caching=True)
+        torch.set_num_threads(threads)  # vLLM drops torch to one thread "for serving"; the PPO updates need them all
 
     def sync(self, model: nn.Module) -> None:
         weights = ((name, tensor.detach()) for name, tensor in model.state_dict().items())

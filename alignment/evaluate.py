@@ -42,7 +42,9 @@ def answer_logprob(model, tokenizer, prompts: list[str], answers: list[str]) -> 
         prompt = chat_prompt_ids(tokenizer, p)[-1024:]
         answer = tokenizer.encode(a, add_special_tokens=False)[:256] or [tokenizer.eos_token_id]
         ids = torch.tensor([prompt + answer])
-        logp = torch.log_softmax(model(ids, use_cache=False).logits[0, len(prompt) - 1:-1].float(), -1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(ids, use_cache=False).logits[0, len(prompt) - 1:-1]
+        logp = torch.log_softmax(logits.float(), -1)
         out.append(logp.gather(-1, torch.tensor(answer)[:, None]).sum())
     return torch.stack(out)
 
@@ -54,7 +56,8 @@ def perplexity(model, tokenizer, texts: list[str], max_len: int = 256) -> float:
         ids = tokenizer.encode(text, add_special_tokens=False)[:max_len]
         if len(ids) < 2:
             continue
-        loss = model(torch.tensor([ids]), labels=torch.tensor([ids]), use_cache=False).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(torch.tensor([ids]), labels=torch.tensor([ids]), use_cache=False).loss.float()
         nll += loss.item() * (len(ids) - 1)
         tokens += len(ids) - 1
     return math.exp(nll / max(tokens, 1))

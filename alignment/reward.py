@@ -9,7 +9,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 
 class RewardModel:
-    def __init__(self, folder: Path, max_length: int = 512, batch_size: int = 16):
+    def __init__(self, folder: Path, max_length: int = 512, batch_size: int = 16, bf16: bool = True):
+        self.bf16 = bf16
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.tokenizer.padding_side = "right"
         self.model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=torch.float32).eval()
@@ -29,7 +30,8 @@ class RewardModel:
         for start in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(texts[start: start + self.batch_size], return_tensors="pt", padding=True,
                                  truncation=True, max_length=self.max_length, add_special_tokens=False)
-            scores.append(self.model(**enc).logits[:, 0].float())
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                scores.append(self.model(**enc).logits[:, 0].float())
         return torch.cat(scores) if scores else torch.zeros(0)
 
     def accuracy(self, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str]) -> float:

@@ -209,9 +209,13 @@ class Pipeline:
         settings = GuardSettings()
         return GuardPipeline.load(ensure_artifact(settings, self.cache_dir()), settings)
 
-    def dataset(self, name: str):
+    def dataset(self, name: str, max_rows: int | None = None, rows: list[dict] | None = None):
+        """A data file (or given rows) as a datasets.Dataset, cut to a seeded sample of max_rows."""
         from datasets import Dataset
-        return Dataset.from_list(D.read_jsonl(self.dir("data") / name))
+        rows = D.read_jsonl(self.dir("data") / name) if rows is None else rows
+        if max_rows is not None and len(rows) > max_rows:
+            rows = random.Random(self.recipe.data.seed).sample(rows, max_rows)
+        return Dataset.from_list(rows)
 
     def tokenizer(self, folder: Path):
         tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -224,7 +228,8 @@ class Pipeline:
                     learning_rate=cfg.lr, per_device_train_batch_size=cfg.batch_size,
                     gradient_accumulation_steps=cfg.grad_accum, max_length=cfg.max_length, logging_steps=5,
                     save_steps=cfg.save_steps, save_total_limit=1, report_to="none", seed=self.recipe.data.seed,
-                    disable_tqdm=False, dataloader_num_workers=0, lr_scheduler_type="cosine", warmup_steps=0.05)
+                    disable_tqdm=False, dataloader_num_workers=0, lr_scheduler_type="cosine", warmup_steps=0.05,
+                    bf16=cfg.bf16)
 
     def finish_trainer(self, trainer, folder: Path, tokenizer) -> None:
         trainer.train(resume_from_checkpoint=last_checkpoint(folder / "trainer"))
@@ -240,9 +245,9 @@ class Pipeline:
         tokenizer = self.tokenizer(base)
         rows = [{"prompt": r["messages"][:1], "completion": r["messages"][1:]}
                 for r in D.read_jsonl(self.dir("data") / "sft.jsonl")]
-        from datasets import Dataset
         args = SFTConfig(**self.common_args(folder, self.recipe.sft), completion_only_loss=True)
-        trainer = SFTTrainer(model=str(base), args=args, train_dataset=Dataset.from_list(rows),
+        train = self.dataset("sft.jsonl", self.recipe.sft.max_rows, rows)
+        trainer = SFTTrainer(model=str(base), args=args, train_dataset=train,
                              processing_class=tokenizer, callbacks=[MetricsLog(folder / "metrics.jsonl", "sft")])
         self.finish_trainer(trainer, folder, tokenizer)
 
@@ -255,7 +260,8 @@ class Pipeline:
         model = AutoModelForSequenceClassification.from_pretrained(sft, num_labels=1, dtype=torch.float32)
         model.config.pad_token_id = tokenizer.pad_token_id
         args = RewardConfig(**self.common_args(folder, self.recipe.rm))
-        trainer = RewardTrainer(model=model, args=args, train_dataset=self.dataset("pairs_train.jsonl"),
+        train = self.dataset("pairs_train.jsonl", self.recipe.rm.max_rows)
+        trainer = RewardTrainer(model=model, args=args, train_dataset=train,
                                 processing_class=tokenizer, callbacks=[MetricsLog(folder / "metrics.jsonl", "rm")])
         self.finish_trainer(trainer, folder, tokenizer)
         self.rm_accuracy(folder)
@@ -282,7 +288,8 @@ class Pipeline:
         sft = self.model_dir("sft")
         tokenizer = self.tokenizer(sft)
         args = DPOConfig(**self.common_args(folder, self.recipe.dpo), beta=self.recipe.dpo.beta)
-        trainer = DPOTrainer(model=str(sft), args=args, train_dataset=self.dataset("pairs_train.jsonl"),
+        train = self.dataset("pairs_train.jsonl", self.recipe.dpo.max_rows)
+        trainer = DPOTrainer(model=str(sft), args=args, train_dataset=train,
                              processing_class=tokenizer, callbacks=[MetricsLog(folder / "metrics.jsonl", "dpo")])
         self.finish_trainer(trainer, folder, tokenizer)
 

@@ -59,6 +59,8 @@ class PPOConfig(BaseModel):
                                 "iteration) or hf (transformers generate).")
     vllm_dtype: str = Field("auto", description="dtype of the rollout engine (bfloat16 is faster on CPU).")
     save_every: int = Field(10, ge=1, description="Checkpoint every this many iterations (resume point).")
+    bf16: bool = Field(True, description="bf16 autocast for forward/backward passes (fp32 master weights, "
+                       "log-probabilities in fp32).")
     seed: int = 0
 
 
@@ -155,6 +157,10 @@ class PPOTrainer:
             self.rollout = HFRollout(self.eos, self.pad)
         self.metrics_path = self.out_dir / "metrics.jsonl"
 
+    def autocast(self):
+        device = next(self.policy.parameters()).device.type
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.config.bf16)
+
     def _chunk(self, texts: Sequence[str]) -> torch.Tensor | None:
         """Pretraining text as fixed-length token chunks (documents joined by EOS)."""
         ids: list[int] = []
@@ -194,9 +200,11 @@ class PPOTrainer:
         texts = [self.tokenizer.decode(r, skip_special_tokens=True) for r in responses]
         scores = torch.tensor(list(self.reward_fn([self.prompts[i] for i in idx], texts, responses)),
                               dtype=torch.float32)
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             old_logp, old_values, _ = forward(self.policy, batch)
             ref_logp = reference_logprobs(self.reference, batch)
+        with torch.no_grad():
+            old_values = old_values.float()
             rewards = core.per_token_rewards(scores, old_logp, ref_logp, batch.mask, c.beta)
             advantages, returns = core.gae(rewards, old_values, batch.mask, c.gamma, c.lam)
             if c.whiten_advantages:
@@ -208,13 +216,16 @@ class PPOTrainer:
             perm = torch.randperm(len(idx), generator=g)
             for mb in perm.split(c.mini_batch_size):
                 sub = batch.select(mb)
-                logp, values, logits = forward(self.policy, sub)
+                with self.autocast():
+                    logp, values, logits = forward(self.policy, sub)
+                    values = values.float()
                 pg, clipfrac = core.policy_loss(logp, old_logp[mb], advantages[mb], sub.mask, c.clip)
                 vf = core.value_loss(values, old_values[mb], returns[mb], sub.mask, c.clip_value)
                 loss = pg + c.vf_coef * vf
                 if self.ptx_chunks is not None:
                     pick = torch.randint(len(self.ptx_chunks), (c.ptx_batch_size,), generator=g)
-                    ptx = ptx_loss(self.policy.model, self.ptx_chunks[pick])
+                    with self.autocast():
+                        ptx = ptx_loss(self.policy.model, self.ptx_chunks[pick]).float()
                     loss = loss + c.ptx_coef * ptx
                     totals["ptx_loss"].append(ptx.item())
                 self.optimizer.zero_grad()

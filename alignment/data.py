@@ -228,12 +228,13 @@ def public_pairs(mirror: Path | None, max_chars: int = 1200) -> tuple[list[Pair]
 def split_pairs(pairs: Sequence[Pair], eval_prompts: Iterable[str], eval_fraction: float = 0.1,
                 ) -> tuple[list[Pair], list[Pair]]:
     """Held-out pairs by prompt: a prompt's pairs all go to one side, and pairs whose prompt is an
-    evaluation prompt of the policy are never trained on."""
+    evaluation prompt of the policy are never trained on. The hash is salted so that this split is
+    independent of the prompt split (otherwise no policy-training prompt could hold out pairs)."""
     held = {dedup_key(p) for p in eval_prompts}
     train, dev = [], []
     for pair in pairs:
         key = dedup_key(pair.prompt)
-        (dev if key in held or split_of(key, eval_fraction) == "dev" else train).append(pair)
+        (dev if key in held or split_of("pairs:" + key, eval_fraction) == "dev" else train).append(pair)
     return train, dev
 
 

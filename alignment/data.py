@@ -161,15 +161,26 @@ def load_prompts(mirror: Path | None, eval_fraction: float = 0.1, max_len: int =
     return Prompts(train, evals, sorted(set(skipped)))
 
 
-def balanced(prompts: Sequence[Prompt], n: int, seed: int = 0, zh_share: float = 0.3) -> list[Prompt]:
-    """Up to n prompts, half harmful and half benign, each with about `zh_share` Chinese."""
+LOOKALIKE_SOURCES = ("own_inputs_benign_lookalikes", "rho_overrefusal", "rho_refusal_benign", "coconot_contrast")
+
+
+def balanced(prompts: Sequence[Prompt], n: int, seed: int = 0, zh_share: float = 0.3, harmful_share: float = 0.5,
+             lookalike_share: float = 0.0) -> list[Prompt]:
+    """Up to n prompts: `harmful_share` of them harmful, about `zh_share` of each side Chinese, and
+    `lookalike_share` of the benign side drawn first from benign prompts that look harmful
+    (LOOKALIKE_SOURCES), so that refusing everything alarming does not pay."""
     rng = random.Random(seed)
     out: list[Prompt] = []
-    for harmful in (True, False):
+    for harmful, side in ((True, harmful_share), (False, 1 - harmful_share)):
         for lang, share in (("zh", zh_share), ("en", 1 - zh_share)):
             pool = [p for p in prompts if p.harmful == harmful and p.lang == lang]
             rng.shuffle(pool)
-            out += pool[: round(n / 2 * share)]
+            want = round(n * side * share)
+            if not harmful and lookalike_share > 0:
+                looks = [p for p in pool if p.source in LOOKALIKE_SOURCES][: round(want * lookalike_share)]
+                rest = [p for p in pool if p.source not in LOOKALIKE_SOURCES]
+                pool = looks + rest
+            out += pool[:want]
     rng.shuffle(out)
     return out
 

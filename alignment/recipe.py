@@ -19,9 +19,13 @@ class Strict(BaseModel):
 class DataConfig(Strict):
     mirror: Path | None = Field(default_factory=default_mirror, description="Local mirror of the public data "
                                 "sets (default: $GUARDCHAT_DATA_MIRROR, else ../shared/data beside the repo).")
-    train_prompts: int = Field(600, ge=2, description="Training prompts drawn (half harmful, half benign).")
+    train_prompts: int = Field(600, ge=2, description="Training prompts drawn (see harmful_share).")
     eval_prompts: int = Field(200, ge=2, description="Held-out harmful/benign prompts for `eval` (plus XSTest safe).")
     zh_share: float = Field(0.3, ge=0, le=1, description="Share of Chinese prompts.")
+    harmful_share: float = Field(0.35, ge=0, le=1, description="Share of harmful training prompts (the rest "
+                                 "benign): refusals are easy to learn, so fewer of them keep the policy helpful.")
+    lookalike_share: float = Field(0.5, ge=0, le=1, description="Share of the benign training prompts taken "
+                                   "from look-alikes of harmful ones (against over-refusal).")
     base_samples: int = Field(2, ge=1, description="Base-model answers sampled per training prompt (for "
                               "demonstrations and rankings).")
     answer_tokens: int = Field(160, ge=8, description="Length cap of generated answers.")
@@ -71,6 +75,8 @@ class PPOStage(PPOConfig):
 class EvalStage(Strict):
     max_new_tokens: int = 128
     xstest_safe: int = Field(250, ge=0, description="XSTest safe prompts for the over-refusal rate (all 250).")
+    kl_prompts: int = Field(100, ge=1, description="Prompts whose sampled answers estimate the KL to SFT.")
+    kl_tokens: int = Field(64, ge=1, description="Length cap of those samples.")
 
 
 class Recipe(Strict):

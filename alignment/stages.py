@@ -134,7 +134,8 @@ class Pipeline:
     def run_data(self, folder: Path) -> None:
         cfg = self.recipe.data
         prompts = D.load_prompts(cfg.mirror)
-        train = D.balanced(prompts.train, cfg.train_prompts, cfg.seed, cfg.zh_share)
+        train = D.balanced(prompts.train, cfg.train_prompts, cfg.seed, cfg.zh_share, cfg.harmful_share,
+                           cfg.lookalike_share)
         held = [p for p in prompts.eval if p.source != "xstest"]
         evals = D.balanced(held, self.recipe.data.eval_prompts, cfg.seed, cfg.zh_share)
         evals += [p for p in prompts.eval if p.source == "xstest" and not p.harmful][: self.recipe.eval.xstest_safe]

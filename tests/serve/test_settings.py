@@ -68,3 +68,14 @@ def test_engine_leaves_a_core_for_the_api_process():
     bind = default_cpu_bind()
     if bind != "nobind":
         assert len(bind.split(",")) == len(__import__("os").sched_getaffinity(0)) - 1
+
+
+def test_policy_folder_is_what_gets_served(tmp_path):
+    policy = tmp_path / "ppo" / "model"
+    policy.mkdir(parents=True)
+    (policy / "config.json").write_text("{}")
+    assert load_settings(["--policy", str(policy)]).model == str(policy)
+    with pytest.raises(ValidationError, match="policy"):
+        load_settings(["--policy", str(tmp_path)])  # not a model folder
+    with pytest.raises(ValidationError, match="either --model or --policy"):
+        load_settings(["--policy", str(policy), "--model", str(tmp_path)])

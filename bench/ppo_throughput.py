@@ -46,7 +46,8 @@ args = PPOConfig(output_dir=cfg["out"], use_cpu=True, per_device_train_batch_siz
                  num_ppo_epochs=cfg["epochs"], response_length=cfg["response_length"], temperature=1.0,
                  total_episodes=cfg["batch"] * (cfg["iterations"] + 1), kl_coef=cfg["beta"], learning_rate=1e-5,
                  local_rollout_forward_batch_size=cfg["batch"], num_sample_generations=0, report_to="none",
-                 save_strategy="no", logging_steps=1, stop_token="eos", missing_eos_penalty=None, seed=0)
+                 save_strategy="no", logging_steps=1, stop_token="eos", missing_eos_penalty=None, seed=0,
+                 bf16=cfg["bf16"])
 policy = AutoModelForCausalLM.from_pretrained(cfg["policy"])
 ref = AutoModelForCausalLM.from_pretrained(cfg["policy"])
 reward = AutoModelForSequenceClassification.from_pretrained(cfg["reward"], num_labels=1)
@@ -106,7 +107,8 @@ def run_ours(policy: Path, reward_dir: Path, args, engine: str) -> dict:
     rm = RewardModel(reward_dir)
     config = PPOConfig(iterations=args.iterations + 1, batch_size=args.batch, mini_batch_size=args.micro,
                        epochs=args.epochs, max_new_tokens=args.response_length, lr=1e-5, beta=args.beta,
-                       ptx_coef=0.0, rollout_engine=engine, vllm_dtype="float32", save_every=10_000, stop_kl=1e9)
+                       ptx_coef=0.0, rollout_engine=engine, vllm_dtype="float32", save_every=10_000, stop_kl=1e9,
+                       bf16=not args.fp32)
     tokenizer = AutoTokenizer.from_pretrained(policy)
     with tempfile.TemporaryDirectory() as out:
         trainer = PPOTrainer(config, policy, tokenizer, lambda p, t, _ids: rm.score(p, t).tolist(),
@@ -126,7 +128,7 @@ def run_trl(policy: Path, reward_dir: Path, args) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cfg = {"policy": str(policy), "reward": str(reward_dir), "prompts": PROMPTS, "batch": args.batch,
                "micro": args.micro, "epochs": args.epochs, "response_length": args.response_length,
-               "iterations": args.iterations, "beta": args.beta, "out": out}
+               "iterations": args.iterations, "beta": args.beta, "out": out, "bf16": not args.fp32}
         proc = subprocess.run([str(python), "-c", TRL_SCRIPT, json.dumps(cfg)], capture_output=True, text=True)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
@@ -142,6 +144,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="PPO epochs per iteration (TRL's default)")
     parser.add_argument("--response-length", type=int, default=32)
     parser.add_argument("--beta", type=float, default=0.05)
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast in either trainer (default: both use it)")
     args = parser.parse_args()
     folder = REPO / ".cache" / "bench-ppo-models"
     policy, reward = build_models(folder)
@@ -157,7 +160,8 @@ def main() -> None:
               f"({time.perf_counter() - started:.0f} s with set-up)", flush=True)
     base = results["trl 1.12.0"]["samples_per_second"]
     print(f"\nPPO iteration: batch {args.batch}, response {args.response_length} tokens, {args.epochs} PPO epochs, "
-          f"micro-batch {args.micro}, tiny Llama (4 layers, hidden 256), 2 CPU cores")
+          f"micro-batch {args.micro}, {'fp32' if args.fp32 else 'bf16 autocast'} in both, tiny Llama (4 layers, "
+          f"hidden 256), 2 CPU cores")
     print(f"{'trainer':22s} | {'samples/s':>9} | {'vs TRL 1.12.0':>13}")
     for name, r in results.items():
         print(f"{name:22s} | {r['samples_per_second']:9.2f} | {r['samples_per_second'] / base:12.2f}x")

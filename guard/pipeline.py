@@ -165,7 +165,7 @@ SENTENCE_END = re.compile(r"[.!?。！？;；:\n](?=\s|$)|[。！？；\n]")
 
 class StreamModerator:
     """Output gate for one streamed choice: holds text back until a sentence end or `hold_chars`
-    characters, checks the whole reply so far, and only then releases the held text (PII
+    characters, checks the whole reply as it will stand after the release, and only then releases (PII
     redacted). Once a check blocks, nothing more is released. A flagged reply shorter than
     `min_block_chars` ("Sure!") is held rather than stopped until more text (or the end) decides."""
 
@@ -209,7 +209,11 @@ class StreamModerator:
         return 0
 
     async def _check(self, cut: int, final: bool = False) -> Release:
-        text = self.released + self.held
+        # Judge exactly what the client will have seen after this release. (Judging the held text
+        # beyond the cut too is not safe: a classifier is not monotone, so a longer text can pass
+        # where the released prefix alone would not; the streamed leak check of bench/serve_overhead.py
+        # found such replies.)
+        text = self.released + self.held[:cut]
         verdict = await self.guard.check(text, "output")
         if verdict.blocked and not final and len(text) < self.min_block_chars:
             return Release("")  # too little text to be sure: keep holding it, check again with more

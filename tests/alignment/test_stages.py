@@ -133,3 +133,23 @@ def test_dpo_raises_the_chosen_rejected_margin(tmp_path, tiny_model_dir):
                      logging_steps=50, disable_tqdm=True)
     DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer).train()
     assert margin(model.eval()) > 1.0
+
+
+def test_server_hosts_the_trained_policy(pipeline, cache_dir, tmp_path):
+    """`guardchat serve --policy` on the PPO stage's output folder answers through the OpenAI API."""
+    from openai import OpenAI
+
+    from tests.support import ServerProcess, free_port
+
+    if not pipeline.done("ppo"):
+        pipeline.run(["ppo"])
+    policy = pipeline.model_dir("ppo")
+    server = ServerProcess.guardchat(None, free_port(), tmp_path / "policy_server.log", "--policy", str(policy),
+                                     "--cache-dir", str(cache_dir), "--engine.kv-cache-gib", "0.125",
+                                     "--engine.dtype", "float32", "--no-guard.enabled")
+    with server:
+        client = OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        assert [m.id for m in client.models.list().data] == ["model"]  # the folder's name
+        reply = client.chat.completions.create(model="model", messages=[{"role": "user", "content": "Hello"}],
+                                               max_tokens=5, temperature=0)
+        assert reply.choices[0].finish_reason in ("length", "stop") and reply.usage.completion_tokens >= 1

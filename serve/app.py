@@ -16,6 +16,7 @@ from guard.artifact import ensure_artifact
 from guard.interface import Action, Verdict
 from guard.pipeline import GuardPipeline
 from serve.audit import AuditLog
+from serve.feedback import FeedbackStore
 from serve.chat import current_request_id
 from serve.default_model import DEFAULT_MODEL_NAME, ensure_default_model
 from serve.engine import Engine
@@ -36,6 +37,7 @@ class AppState:
     engine: Engine | None = None
     guard: GuardPipeline | None = None
     audit: AuditLog | None = None
+    feedback: FeedbackStore | None = None
     model_name: str = ""
     startup_error: str | None = None
     # How a fatal start-up error stops the server; the CLI points it at uvicorn's should_exit.
@@ -100,6 +102,10 @@ async def start_engine(state: AppState, stack: AsyncExitStack) -> None:
         state.request_shutdown()  # the CLI then exits non-zero
 
 
+def feedback_db(settings: Settings) -> Path:
+    return settings.server.feedback_db or settings.cache_dir / "feedback.db"
+
+
 def create_app(settings: Settings) -> FastAPI:
     state = AppState(settings=settings)
     if not settings.guard.enabled:
@@ -108,6 +114,8 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         async with AsyncExitStack() as stack:
+            state.feedback = FeedbackStore(feedback_db(settings))
+            stack.callback(state.feedback.close)
             task = asyncio.create_task(start_engine(state, stack))
             try:
                 yield

@@ -74,10 +74,18 @@ def align(args: Sequence[str]) -> int:
     return align_main(args)
 
 
+def feedback(args: Sequence[str]) -> int:
+    """Human feedback from the chat UI and API (export preference pairs for alignment)."""
+    from serve.feedback_cli import main as feedback_main
+
+    return feedback_main(args)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "serve": serve,
     "guard": guard,
     "align": align,
+    "feedback": feedback,
 }
 
 

@@ -36,6 +36,8 @@ class ServerMetrics:
                                     "closed).", ["direction"], registry=r)
         self.stream_blocks = Counter("guardchat_guard_stream_blocks", "Streamed replies cut by the output guard.",
                                      registry=r)
+        self.feedback = Counter("guardchat_feedback", "Feedback received: ratings (like/dislike) and preferences.",
+                                ["kind", "value"], registry=r)
         self.holdback = Histogram("guardchat_guard_holdback_seconds",
                                   "How long streamed text was held back for the output check before release.",
                                   buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r)

@@ -270,3 +270,37 @@ class ModerationResponse(BaseModel):
             results.append(ModerationResult(flagged=v.blocked, categories=flags, category_scores=scores,
                                             action=v.action.value, reason=v.reason))
         return cls(id=f"modr-{uuid.uuid4().hex}", model=model, results=results)
+
+
+class FeedbackRequest(BaseModel):
+    """POST /v1/feedback body (guardchat extension): a rating of one answer, or a preference between two."""
+
+    model_config = {"extra": "forbid"}
+
+    messages: list[ChatMessage] = Field(min_length=1, description="The conversation the answer replied to.")
+    model: str | None = Field(None, description="The policy that answered (default: the served model).")
+    response: str | None = Field(None, min_length=1, description="The rated answer (with `rating`).")
+    rating: Literal["like", "dislike"] | None = Field(None, description="like or dislike (with `response`).")
+    chosen: str | None = Field(None, min_length=1, description="The preferred of two answers (with `rejected`).")
+    rejected: str | None = Field(None, min_length=1, description="The other answer (with `chosen`).")
+    guard: dict[str, Any] | None = Field(None, description="The guard's verdicts on the answer(s), as returned.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> FeedbackRequest:
+        rating = self.response is not None or self.rating is not None
+        preference = self.chosen is not None or self.rejected is not None
+        if rating == preference:
+            raise ValueError("give either `response` with `rating`, or `chosen` with `rejected`")
+        if rating and (self.response is None or self.rating is None):
+            raise ValueError("`response` and `rating` go together")
+        if preference and (self.chosen is None or self.rejected is None):
+            raise ValueError("`chosen` and `rejected` go together")
+        if preference and self.chosen == self.rejected:
+            raise ValueError("`chosen` and `rejected` are the same text")
+        return self
+
+
+class FeedbackResponse(BaseModel):
+    id: int
+    object: Literal["feedback"] = "feedback"
+    kind: Literal["rating", "preference"]

@@ -1,6 +1,7 @@
 """HTTP endpoints: thin routers over the chat run, the engine and the metrics."""
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated
 
@@ -10,8 +11,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from serve.chat import ChatRun
 from serve.engine import Engine
 from serve.errors import APIError
-from serve.protocol import (ChatCompletion, ChatCompletionRequest, ModelCard, ModelList, ModerationRequest,
-                            ModerationResponse)
+from serve.protocol import (ChatCompletion, ChatCompletionRequest, FeedbackRequest, FeedbackResponse, ModelCard,
+                            ModelList, ModerationRequest, ModerationResponse)
 
 router = APIRouter()
 STARTED = int(time.time())
@@ -76,6 +77,25 @@ async def moderations(body: ModerationRequest, request: Request) -> ModerationRe
         raise APIError(503, f"The guard {status}.", code="guard_unavailable")
     verdicts = [await state.guard.check(text, body.direction) for text in body.texts()]
     return ModerationResponse.of(verdicts, state.guard.name)
+
+
+@router.post("/v1/feedback", dependencies=[Authorized], response_model=FeedbackResponse)
+async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
+    """A like/dislike on an answer, or a preference between two answers, stored for the alignment data."""
+    state = get_state(request)
+    if state.feedback is None:
+        raise APIError(503, "the feedback store is not open")
+    messages = [{"role": m.to_message().role, "content": m.to_message().content} for m in body.messages]
+    policy = body.model or state.model_name or None
+    if body.rating is not None:
+        rating = 1 if body.rating == "like" else -1
+        row = await asyncio.to_thread(state.feedback.add_rating, messages, body.response, rating, policy, body.guard)
+        state.metrics.feedback.labels("rating", body.rating).inc()
+        return FeedbackResponse(id=row, kind="rating")
+    row = await asyncio.to_thread(state.feedback.add_preference, messages, body.chosen, body.rejected, policy,
+                                  body.guard)
+    state.metrics.feedback.labels("preference", "pair").inc()
+    return FeedbackResponse(id=row, kind="preference")
 
 
 @router.get("/v1/models", dependencies=[Authorized], response_model=ModelList)

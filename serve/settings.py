@@ -51,6 +51,9 @@ class ServerSettings(BaseModel):
         None, description="If set, requests must send `Authorization: Bearer <key>` (health and metrics stay open).")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     max_n: int = Field(8, ge=1, description="Largest `n` (choices per request) accepted.")
+    feedback_db: Path | None = Field(
+        None, description="SQLite file for POST /v1/feedback (likes, dislikes, preferences); default: "
+        "feedback.db in the cache dir. `guardchat feedback export` turns it into preference pairs.")
 
 
 class Settings(BaseSettings):

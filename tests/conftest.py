@@ -42,10 +42,12 @@ def tiny_server(tmp_path_factory, tiny_model_dir: Path, cache_dir: Path):
     """guardchat serving the tiny model without a guard: the API mechanics (the random model's
     output is noise that an output guard would judge unpredictably)."""
     log = tmp_path_factory.mktemp("logs") / "tiny_server.log"
+    feedback_db = log.parent / "feedback.db"
     server = ServerProcess.guardchat(
         tiny_model_dir, free_port(), log, "--cache-dir", str(cache_dir), "--engine.kv-cache-gib", "0.125",
         "--engine.max-model-len", str(TINY_CONTEXT), "--engine.dtype", "float32", "--server.max-n", "4",
-        "--no-guard.enabled")
+        "--no-guard.enabled", "--server.feedback-db", str(feedback_db))
+    server.feedback_db = feedback_db
     with server:
         yield server
 

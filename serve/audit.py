@@ -3,12 +3,12 @@ and the text itself only when the settings say so."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
 from guard.interface import Verdict
+from serve.sqlite import open_wal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS guard_audit (
@@ -30,14 +30,10 @@ class AuditLog:
     """Append-only; safe to call from the guard's worker thread and the event loop."""
 
     def __init__(self, path: Path, store_text: bool):
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.store_text = store_text
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self._db = open_wal(path, SCHEMA)
 
     def record(self, request_id: str | None, direction: str, verdict: Verdict, text: str) -> None:
         row = (time.time(), request_id, direction, verdict.category, verdict.action.value, verdict.reason,

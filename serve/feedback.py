@@ -5,11 +5,12 @@ as `data.feedback`): every preference, plus liked vs disliked answers to the sam
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+
+from serve.sqlite import open_wal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
@@ -33,13 +34,9 @@ class FeedbackStore:
     """Safe to share between the event loop and worker threads; every write is its own transaction."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self._db = open_wal(path, SCHEMA)
 
     def _insert(self, **row) -> int:
         row = {"ts": time.time(), **row}

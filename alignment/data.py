@@ -236,6 +236,15 @@ def public_pairs(mirror: Path | None, max_chars: int = 1200) -> tuple[list[Pair]
     return pairs, skipped
 
 
+def feedback_pairs(path: Path) -> list[Pair]:
+    """Pairs exported from the server's feedback store (TRL preference JSONL, conversational or plain):
+    the last user turn is the prompt."""
+    def text(value) -> str:
+        return value[-1]["content"] if isinstance(value, list) else value
+
+    return [Pair(text(r["prompt"]), text(r["chosen"]), text(r["rejected"]), "feedback") for r in read_jsonl(path)]
+
+
 def split_pairs(pairs: Sequence[Pair], eval_prompts: Iterable[str], eval_fraction: float = 0.1,
                 ) -> tuple[list[Pair], list[Pair]]:
     """Held-out pairs by prompt: a prompt's pairs all go to one side, and pairs whose prompt is an

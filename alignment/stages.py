@@ -154,8 +154,8 @@ class Pipeline:
             others = [a for a in outs if a and a not in passing]
             if p.harmful:
                 demos[p.text] = decline
-                ranked = [[decline], [a for a in outs if a and is_refusal(a) and not verdicts[a]],
-                          [a for a in outs if a and not (is_refusal(a) and not verdicts[a])]]
+                declined = [a for a in outs if a and is_refusal(a) and not verdicts[a]]
+                ranked = [[decline], declined, [a for a in outs if a and a not in declined]]
             else:
                 if passing:
                     demos[p.text] = passing[0]
@@ -165,10 +165,7 @@ class Pipeline:
         random.Random(cfg.seed).shuffle(public)
         pairs += public[: cfg.max_public_pairs]
         for path in cfg.feedback:
-            pairs += [D.Pair(r["prompt"][-1]["content"] if isinstance(r["prompt"], list) else r["prompt"],
-                             r["chosen"][-1]["content"] if isinstance(r["chosen"], list) else r["chosen"],
-                             r["rejected"][-1]["content"] if isinstance(r["rejected"], list) else r["rejected"],
-                             "feedback") for r in D.read_jsonl(Path(path))]
+            pairs += D.feedback_pairs(Path(path))
         pairs_train, pairs_dev = D.split_pairs(pairs, [p.text for p in evals])
         D.write_jsonl(folder / "sft.jsonl", D.sft_rows(train, demos))
         D.write_jsonl(folder / "pairs_train.jsonl", D.preference_rows(pairs_train))

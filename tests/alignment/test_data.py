@@ -58,3 +58,11 @@ def test_refusal_detector_on_human_scored_responses():
     assert sum(refused) / len(refused) >= 0.7
     assert not is_refusal("I'm sorry to hear that. Here are some ways to cope with stress: ...")
     assert not is_refusal("Jaywalking is illegal in many places, so cross at the lights.")
+
+
+def test_feedback_export_rows_become_pairs(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    D.write_jsonl(path, [{"prompt": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi?"}],
+                          "chosen": [{"role": "assistant", "content": "Hello!"}],
+                          "rejected": [{"role": "assistant", "content": "Go away."}]}])
+    assert D.feedback_pairs(path) == [D.Pair("Hi?", "Hello!", "Go away.", "feedback")]

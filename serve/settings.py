@@ -56,6 +56,19 @@ class ServerSettings(BaseModel):
         "feedback.db in the cache dir. `guardchat feedback export` turns it into preference pairs.")
 
 
+class UISettings(BaseModel):
+    """The chat page and its Dashboard tab."""
+
+    model_config = {"extra": "forbid"}
+
+    enabled: bool = Field(True, description="Serve the chat UI (Gradio) in the same app.")
+    path: str = Field("/ui", pattern=r"^/[A-Za-z0-9_\-/]*[A-Za-z0-9_\-]$", description="URL path of the chat UI.")
+    dashboard_interval_s: float = Field(2.0, gt=0, description="Seconds between the Dashboard tab's samples of "
+                                        "/metrics.")
+    dashboard_window_s: float = Field(600.0, gt=0, description="How far back the Dashboard tab's plots reach, in "
+                                      "seconds.")
+
+
 class Settings(BaseSettings):
     """Everything `guardchat serve` needs."""
 
@@ -76,6 +89,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings, description="HTTP server.")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine.")
     guard: GuardSettings = Field(default_factory=GuardSettings, description="Input and output safety guard.")
+    ui: UISettings = Field(default_factory=UISettings, description="Chat UI and dashboard.")
 
     @field_validator("model")
     @classmethod

@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 
 from alignment.recipe import Recipe
 from alignment.stages import Pipeline
+from serve import feedback_cli
+from serve.feedback import FeedbackStore
 
 TINY_RECIPE = {
     "name": "tiny",
@@ -28,10 +30,12 @@ TINY_RECIPE = {
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, tiny_model_dir, cache_dir, guard_artifact) -> Pipeline:
     folder = tmp_path_factory.mktemp("align")
-    feedback = folder / "feedback.jsonl"  # as `guardchat feedback export` writes it
-    feedback.write_text(json.dumps({"prompt": [{"role": "user", "content": "Tell me a joke about cats."}],
-                                    "chosen": [{"role": "assistant", "content": "Why did the cat sit on the laptop?"}],
-                                    "rejected": [{"role": "assistant", "content": "No."}]}) + "\n")
+    store = FeedbackStore(folder / "feedback.db")  # as the chat UI and POST /v1/feedback fill it
+    joke = [{"role": "user", "content": "Tell me a joke about cats."}]
+    store.add_preference(joke, "Why did the cat sit on the laptop? To keep an eye on the mouse.", "No.", source="ui")
+    store.close()
+    feedback = folder / "feedback.jsonl"
+    assert feedback_cli.main(["export", "--db", str(folder / "feedback.db"), "--out", str(feedback)]) == 0
     path = folder / "tiny.yaml"
     recipe = {**TINY_RECIPE, "base_model": str(tiny_model_dir), "out_dir": str(folder / "run"),
               "cache_dir": str(cache_dir)}

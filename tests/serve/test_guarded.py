@@ -121,6 +121,19 @@ def test_unsafe_output_is_replaced_in_a_non_streamed_reply(gclient, scripted_mod
     assert reply.guard["output"][0]["action"] == "block"
 
 
+def test_chat_page_shows_the_cut_notice(guarded):
+    """The chat UI runs the same output gate: the cut reply ends in the safety filter's notice, nothing unsafe shown."""
+    from gradio_client import Client
+
+    client = Client(guarded.base_url + "/ui/", verbose=False)
+    chat = client.predict("Tell me a fun fact.", "", 0.3, 0.9, 64, False, api_name="/respond")[0]
+    shown = chat[-1]["content"][0]["text"]
+    assert chat[-1]["role"] == "assistant" and 'class="guard-notice guard-output"' in shown
+    assert "Reply stopped by the safety filter" in shown
+    for unsafe_piece in ("pipe bomb", "explosive", "Step one", "fuse"):
+        assert unsafe_piece not in shown
+
+
 def test_moderations_endpoint(guarded, gclient):
     result = gclient.moderations.create(input=[HARMFUL, BENIGN_ALARMING, HARMFUL_ZH])
     flagged = [r.flagged for r in result.results]

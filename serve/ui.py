@@ -23,6 +23,29 @@ from serve.protocol import ChatCompletionRequest, GuardInfo
 if TYPE_CHECKING:
     from serve.app import AppState
 
+BLUE, ORANGE, LIGHT_BLUE, LIGHT_ORANGE = "#1f77b4", "#e8590c", "#9ecae1", "#fdae6b"
+# Series colours, named in each plot's y-axis title (Gradio's plot legends do not render here).
+SERIES = {
+    "requests": {"API": BLUE, "input checks (API + UI)": ORANGE},
+    "blocks": {"input blocks": BLUE, "output blocks": ORANGE},
+    "guard_latency": {"input p50": BLUE, "input p99": LIGHT_BLUE, "output p50": ORANGE, "output p99": LIGHT_ORANGE},
+    "ttft": {"TTFT p50": BLUE, "TTFT p99": ORANGE},
+    "tokens": {"generated tokens/s": BLUE},
+    "requests_engine": {"running": BLUE, "waiting": ORANGE},
+    "kv_cache": {"KV cache use %": BLUE},
+}
+CAPTIONS = {
+    "en": {"requests": "blue API · orange all turns", "blocks": "blue inputs · orange replies",
+           "guard_latency": "in p50/p99 blue · out orange", "ttft": "blue p50 · orange p99",
+           "tokens": "generated", "requests_engine": "blue running · orange waiting", "kv_cache": "% in use"},
+    "zh": {"requests": "蓝 API · 橙 全部轮次", "blocks": "蓝 输入 · 橙 回答",
+           "guard_latency": "输入 p50/p99 蓝 · 输出 橙", "ttft": "蓝 p50 · 橙 p99",
+           "tokens": "生成", "requests_engine": "蓝 运行 · 橙 等待", "kv_cache": "使用率 %"},
+}
+I18N_KEYS = {"requests": "requests", "blocks": "guard_blocks", "guard_latency": "guard_latency", "ttft": "ttft",
+             "tokens": "tokens", "requests_engine": "engine", "kv_cache": "kv"}
+
+
 I18N = gr.I18n(
     en={"chat": "Chat", "dashboard": "Dashboard", "message": "Message", "placeholder": "Ask anything…",
         "send": "Send", "new_chat": "New chat", "settings": "Settings", "system": "System prompt",
@@ -32,7 +55,8 @@ I18N = gr.I18n(
         "which": "Which answer is better? Your choice is recorded as a preference for training.",
         "requests": "Chat requests / s", "guard_blocks": "Guard blocks / s", "by_category": "Blocks by category",
         "guard_latency": "Guard check latency (ms)", "ttft": "Time to first token (ms)", "tokens": "Tokens / s",
-        "engine": "Engine requests", "kv": "KV cache use (%)", "feedback": "Feedback"},
+        "engine": "Engine requests", "kv": "KV cache use (%)", "feedback": "Feedback",
+        **{f"caption_{k}": v for k, v in CAPTIONS["en"].items()}},
     zh={"chat": "对话", "dashboard": "仪表盘", "message": "消息", "placeholder": "请输入问题…",
         "send": "发送", "new_chat": "新对话", "settings": "设置", "system": "系统提示词",
         "temperature": "温度", "top_p": "Top-p", "max_tokens": "最多生成的词元数",
@@ -41,7 +65,8 @@ I18N = gr.I18n(
         "which": "哪个回答更好？你的选择会作为偏好数据用于训练。",
         "requests": "对话请求 / 秒", "guard_blocks": "安全拦截 / 秒", "by_category": "按类别的拦截数",
         "guard_latency": "安全检查延迟（毫秒）", "ttft": "首词元延迟（毫秒）", "tokens": "词元 / 秒",
-        "engine": "引擎请求数", "kv": "KV 缓存占用（%）", "feedback": "反馈"},
+        "engine": "引擎请求数", "kv": "KV 缓存占用（%）", "feedback": "反馈",
+        **{f"caption_{k}": v for k, v in CAPTIONS["zh"].items()}},
 )
 CSS = """
 .guard-choice {border: 1px solid var(--border-color-accent); border-radius: 8px; padding: 8px}
@@ -112,7 +137,8 @@ class ChatUI:
             refusal = refusal_text(user_text, stop.category)
             return refusal, f"{guard_notice(user_text, stop, 'input')}\n\n{refusal}"
         if stop is not None:
-            return text, f"{text}\n\n{guard_notice(user_text, stop, 'output')}".lstrip()
+            fence = "\n```" if text.count("```") % 2 else ""  # a reply cut inside a code block: close it first
+            return text, f"{text}{fence}\n\n{guard_notice(user_text, stop, 'output')}".lstrip()
         return text, text
 
     def verdicts(self, run: ChatRun, stop: GuardInfo | None) -> dict[str, Any] | None:
@@ -256,29 +282,38 @@ def build_ui(state: AppState, history: MetricsHistory) -> gr.Blocks:
 
 def dashboard_tab(history: MetricsHistory):
     """The Dashboard tab's plots; returns a function that wires their refresh timer."""
+    def line(key: str) -> gr.LinePlot:
+        return gr.LinePlot(x="time", y="value", color="series", label=I18N(I18N_KEYS[key]), height=280,
+                           color_map=SERIES[key], x_title=" ", y_title=I18N(f"caption_{key}"), y_lim=[0, 1])
+
+    plots = {}
     with gr.Row():
-        requests = gr.LinePlot(x="time", y="value", color="series", label=I18N("requests"), height=280)
-        blocks = gr.LinePlot(x="time", y="value", color="series", label=I18N("guard_blocks"), height=280)
-        by_category = gr.BarPlot(x="category", y="blocks", label=I18N("by_category"), height=280)
+        plots["requests"], plots["blocks"] = line("requests"), line("blocks")
+        plots["blocks_by_category"] = gr.BarPlot(x="category", y="blocks", label=I18N("by_category"), height=280,
+                                                 x_title=" ", y_title=" ", y_lim=[0, 1], x_label_angle=-30)
     with gr.Row():
-        guard_latency = gr.LinePlot(x="time", y="value", color="series", label=I18N("guard_latency"), height=280)
-        ttft = gr.LinePlot(x="time", y="value", color="series", label=I18N("ttft"), height=280)
-        tokens = gr.LinePlot(x="time", y="value", color="series", label=I18N("tokens"), height=280)
+        for key in ("guard_latency", "ttft", "tokens"):
+            plots[key] = line(key)
     with gr.Row():
-        engine = gr.LinePlot(x="time", y="value", color="series", label=I18N("engine"), height=280)
-        kv = gr.LinePlot(x="time", y="value", color="series", label=I18N("kv"), height=280)
-        feedback = gr.Dataframe(label=I18N("feedback"), interactive=False, elem_id="feedback-table")
+        plots["requests_engine"], plots["kv_cache"] = line("requests_engine"), line("kv_cache")
+        plots["feedback"] = gr.Dataframe(label=I18N("feedback"), interactive=False, elem_id="feedback-table")
     timer = gr.Timer(history.interval_s)
-    figures = {"requests": requests, "blocks": blocks, "blocks_by_category": by_category,
-               "guard_latency": guard_latency, "ttft": ttft, "tokens": tokens, "requests_engine": engine,
-               "kv_cache": kv, "feedback": feedback}
 
     def refresh():
         frames = history.frames()
-        return [frames[key] for key in figures]
+        updates = []
+        for key in plots:
+            frame = frames[key]
+            column = "blocks" if key == "blocks_by_category" else "value"
+            if key == "feedback":
+                updates.append(frame)
+                continue
+            most = float(frame[column].max()) if len(frame) else 0.0
+            updates.append(gr.update(value=frame, y_lim=[0, max(1.0, most * 1.2)]))  # a flat line stays visible
+        return updates
 
     def wire():
-        timer.tick(refresh, None, list(figures.values()), show_progress="hidden")
+        timer.tick(refresh, None, list(plots.values()), show_progress="hidden")
     return wire
 
 

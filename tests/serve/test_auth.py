@@ -34,3 +34,15 @@ def test_api_key_required(keyed_server, model_name):
     assert reply.choices[0].message.content is not None
     assert httpx.get(url + "/health").status_code == 200
     assert httpx.get(url + "/metrics").status_code == 200
+
+
+def test_chat_page_asks_for_the_api_key(keyed_server):
+    from gradio_client import Client
+
+    url = keyed_server.base_url + "/ui/"
+    assert httpx.post(url + "gradio_api/queue/join", json={}).status_code in (401, 403)
+    with pytest.raises(Exception):
+        Client(url, auth=("anyone", "wrong"), verbose=False)
+    client = Client(url, auth=("anyone", "s3cret"), verbose=False)
+    chat = client.predict("hi", "", 0.3, 0.9, 16, False, api_name="/respond")[0]
+    assert chat[-1]["role"] == "assistant"

@@ -149,7 +149,7 @@ class ChatUI:
 
     async def respond(self, message: str, log: list[dict], pending: dict | None, system: str, temperature: float,
                       top_p: float, max_tokens: float, two: bool):
-        """Outputs: chatbot, log, textbox, pending, choice panel, answer A, answer B."""
+        """Streams one turn. Outputs: chatbot, log, textbox, pending, choice panel, its buttons, answer A, answer B."""
         message = (message or "").strip()
         log = list(log or [])
         if pending:  # a new message before choosing: keep answer A, record no preference
@@ -179,7 +179,7 @@ class ChatUI:
             yield shown(log), log, "", None, hidden, hidden, "", ""
             return
         pending = {"entries": entries, "context": model_messages(system, log)}
-        # (the buttons appear once this event has completed: see `show_picks`)
+        # (the buttons appear once this event has completed: see `ready`)
         yield shown(log), log, "", pending, gr.update(visible=True), hidden, entries[0]["shown"], entries[1]["shown"]
 
     async def choose_a(self, log: list[dict], pending: dict | None):

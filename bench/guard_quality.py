@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from guard.artifact import ensure_artifact  # noqa: E402
-from guard.classifiers.ngram import NgramClassifier  # noqa: E402
+from guard.classifiers.cascade import load_classifier  # noqa: E402
 from guard.config import GuardSettings, default_mirror  # noqa: E402
 from guard.datasets import build_corpus  # noqa: E402
 from guard.train import THRESHOLDS_FILE, metrics_by_source  # noqa: E402
@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--data-mirror", type=Path, default=default_mirror())
     args = ap.parse_args()
     artifact = args.artifact or ensure_artifact(GuardSettings(), default_cache_dir())
-    model = NgramClassifier.load(artifact)
+    model = load_classifier(artifact)
     thresholds = json.loads((artifact / THRESHOLDS_FILE).read_text())
     corpus = build_corpus(args.data_mirror)
     # the two JADE v3 difficulty files count as one set per side

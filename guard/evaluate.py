@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from guard.classifiers.base import score_readings
-from guard.classifiers.ngram import NgramClassifier
+from guard.classifiers.cascade import load_classifier
 from guard.datasets import build_corpus
 from guard.train import THRESHOLDS_FILE, blocked, card_markdown, metrics_by_source
 
 
 def evaluate(artifact: Path, mirror: Path | None, plot: Path) -> int:
-    model = NgramClassifier.load(artifact)
+    model = load_classifier(artifact)
     thresholds = json.loads((artifact / THRESHOLDS_FILE).read_text())
     corpus = build_corpus(mirror)
     metrics = {"eval": metrics_by_source(model, corpus.eval, thresholds),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from guard.classifiers.base import Classifier, Direction, Scores, score_readings
-from guard.classifiers.ngram import NgramClassifier
+from guard.classifiers.cascade import load_classifier
 from guard.classifiers.rules import PIIRules
 from guard.config import GuardSettings
 from guard.interface import Action, Message, Release, Verdict
@@ -60,7 +60,7 @@ class GuardPipeline:
     @classmethod
     def load(cls, folder: Path, settings: GuardSettings, observer: Observer | None = None) -> GuardPipeline:
         thresholds = json.loads((folder / THRESHOLDS_FILE).read_text())
-        return cls(NgramClassifier.load(folder), thresholds, settings, observer)
+        return cls(load_classifier(folder, threads=1), thresholds, settings, observer)
 
     def decide(self, text: str, direction: Direction, injection: bool = True) -> Verdict:
         """The verdict on one text (blocking work: call through `check`). `injection=False` skips the

@@ -2,11 +2,13 @@
 dev rows for a target false-positive rate, evaluate per source, and write the artifact folder:
 
     ngram.joblib      the fast stage's weights
+    encoder_heads.joblib  the MiniLM stage's heads (the cascade consults it when the fast stage is unsure)
     thresholds.json   per direction and head
     card.json/.md     data sources, counts, splits, metrics
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -20,6 +22,8 @@ from sklearn.metrics import average_precision_score
 from tqdm import tqdm
 
 from guard.classifiers.base import Classifier, score_readings
+from guard.classifiers.cascade import CascadeClassifier
+from guard.classifiers.encoder import EncoderClassifier
 from guard.classifiers.ngram import NgramClassifier, NgramConfig
 from guard.datasets import Corpus, Example, build_corpus
 
@@ -41,11 +45,22 @@ class TrainConfig:
     dev_fraction: float = 0.15        # rows of each training source held back for calibration and metrics
     source_cap: int = 1500            # a source's rows weigh as at most this many, so big sets do not drown small ones
     ngram: NgramConfig = field(default_factory=NgramConfig)
+    encoder: bool = True              # train the MiniLM stage and serve the cascade (n-gram, then MiniLM when unsure)
+    encoder_cap: int = 400            # training rows per (source, label) for the encoder heads (embedding is the cost)
 
 
 def source_weights(rows: Sequence[Example], cap: int) -> np.ndarray:
     counts = Counter(e.source for e in rows)
     return np.array([min(1.0, cap / counts[e.source]) for e in rows])
+
+
+def capped(rows: Sequence[Example], cap: int) -> list[Example]:
+    """At most `cap` rows per (source, label), picked by a stable hash of the text."""
+    groups: dict[tuple[str, bool], list[Example]] = defaultdict(list)
+    for e in sorted(rows, key=lambda e: hashlib.sha256(f"encoder:{e.text}".encode()).hexdigest()):
+        if len(groups[e.source, e.unsafe]) < cap:
+            groups[e.source, e.unsafe].append(e)
+    return [e for group in groups.values() for e in group]
 
 
 def macro_fpr_threshold(scores: np.ndarray, sources: np.ndarray, target: float) -> float:
@@ -119,13 +134,22 @@ def train(out_dir: Path, mirror: Path | None, config: TrainConfig = TrainConfig(
     steps.set_postfix_str(f"{len(corpus.train)} train / {len(corpus.dev)} dev / {len(corpus.eval)} eval rows")
     steps.update()
     rows = corpus.train
-    model = NgramClassifier.fit([e.text for e in rows], [e.direction for e in rows], [e.unsafe for e in rows],
+    ngram = NgramClassifier.fit([e.text for e in rows], [e.direction for e in rows], [e.unsafe for e in rows],
                                 [e.category for e in rows], source_weights(rows, config.source_cap), config.ngram)
+    model: Classifier = ngram
+    encoder = None
+    if config.encoder:
+        sample = capped(rows, config.encoder_cap)
+        encoder = EncoderClassifier.fit([e.text for e in sample], [e.direction for e in sample],
+                                        [e.unsafe for e in sample], [e.category for e in sample],
+                                        source_weights(sample, config.encoder_cap))
+        model = CascadeClassifier(ngram, encoder)
     steps.update()
     thresholds = calibrate(model, corpus.dev, config.target_fpr)
     steps.update()
     card = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "train_seconds": None, "config": asdict(config),
+        "classifier": model.name,
         "fingerprint": fingerprint,
         "data_mirror": str(mirror) if mirror else None, "skipped_sources": corpus.skipped,
         "counts": {split: dict(sorted(Counter(f"{e.source}:{'unsafe' if e.unsafe else 'safe'}" for e in rows_).items()))
@@ -137,7 +161,9 @@ def train(out_dir: Path, mirror: Path | None, config: TrainConfig = TrainConfig(
     card["metrics"]["eval"] = metrics_by_source(model, corpus.eval, thresholds)
     card["train_seconds"] = round(time.time() - started, 1)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save(out_dir)
+    ngram.save(out_dir)
+    if encoder is not None:
+        encoder.save(out_dir)
     (out_dir / THRESHOLDS_FILE).write_text(json.dumps(thresholds, indent=2))
     (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2, ensure_ascii=False))
     (out_dir / "card.md").write_text(card_markdown(card))

@@ -47,7 +47,7 @@ def prompt_tokens_seen(server) -> float:
 
 
 def test_health_names_the_guard(guarded):
-    assert httpx.get(guarded.base_url + "/health").json()["guard"] == "ngram+rules"
+    assert httpx.get(guarded.base_url + "/health").json()["guard"] == "ngram+minilm+rules"
 
 
 @pytest.mark.parametrize("prompt,language_marker", [(HARMFUL, "Sorry"), (HARMFUL_ZH, "抱歉")])

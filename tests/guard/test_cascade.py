@@ -33,9 +33,11 @@ def test_the_encoder_is_consulted_only_when_the_fast_stage_is_unsure():
     fast = Fixed("fast", {"sure safe": 0.01, "sure unsafe": 0.99, "unsure": 0.5, "不确定的中文句子": 0.5})
     slow = Fixed("slow", {"unsure": 0.9})
     cascade = CascadeClassifier(fast, slow)
-    scores = cascade.score(["sure safe", "sure unsafe", "unsure", "不确定的中文句子"], "output")
+    scores = cascade.score(["sure safe", "sure unsafe", "unsure", "不确定的中文句子"], "input")
     assert slow.asked == ["unsure"]  # Chinese stays with the n-gram stage
     assert [round(s.unsafe, 3) for s in scores] == [0.01, 0.99, 0.7, 0.5]
+    assert [s.unsafe for s in cascade.score(["unsure"], "output")] == [0.5]  # replies: n-gram only
+    assert slow.asked == ["unsure"]
     assert cascade.name == "fast+slow"
 
 

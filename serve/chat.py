@@ -12,8 +12,9 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from guard.taxonomy import category_label
 from guard.interface import Guard, OutputGate, Release, Unguarded, Verdict
+from guard.normalize import is_chinese
+from guard.taxonomy import category_label
 from serve.engine import Engine
 from serve.errors import APIError, error_payload
 from serve.metrics import ServerMetrics
@@ -30,12 +31,6 @@ def sse(payload: str) -> str:
 
 
 SSE_DONE = sse("[DONE]")
-
-
-def is_chinese(text: str) -> bool:
-    cjk = sum("\u4e00" <= ch <= "\u9fff" for ch in text)
-    letters = sum(ch.isalpha() for ch in text)
-    return cjk > 0 and cjk >= letters / 3
 
 
 def refusal_text(user_text: str, category: str | None) -> str:

@@ -14,8 +14,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from
 import gradio as gr
 from pydantic import ValidationError
 
+from guard.normalize import is_chinese
 from guard.taxonomy import category_label
-from serve.chat import ChatRun, is_chinese, refusal_text
+from serve.chat import ChatRun, refusal_text
 from serve.dashboard import MetricsHistory
 from serve.errors import APIError
 from serve.protocol import ChatCompletionRequest, GuardInfo

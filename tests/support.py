@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
+
+from serve.dashboard import parse
 
 REPO = Path(__file__).resolve().parent.parent
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
@@ -149,9 +150,7 @@ class ServerProcess:
 
 def scrape(base_url: str) -> dict[tuple[str, tuple], float]:
     """All samples of /metrics as {(name, sorted labels): value}."""
-    text = httpx.get(base_url + "/metrics", timeout=10).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return parse(httpx.get(base_url + "/metrics", timeout=10).text)
 
 
 def metric(samples: dict, name: str, **labels: str) -> float:

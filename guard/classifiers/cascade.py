@@ -13,13 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from guard.classifiers.base import Classifier, Direction, Scores
+from guard.normalize import is_chinese
 
 BAND = (0.08, 0.97)  # fast-stage probabilities in this range count as unsure
-
-
-def mostly_chinese(text: str) -> bool:
-    cjk = sum("\u4e00" <= ch <= "\u9fff" for ch in text)
-    return cjk > 0 and cjk >= sum(ch.isalpha() for ch in text) / 3
 
 
 def average(a: Scores, b: Scores) -> Scores:
@@ -42,7 +38,7 @@ class CascadeClassifier:
     def unsure(self, text: str, scores: Scores, direction: Direction) -> bool:
         lo, hi = self.band
         values = (scores.unsafe, scores.injection) if direction == "input" else (scores.unsafe,)
-        return not mostly_chinese(text) and any(lo <= v <= hi for v in values)
+        return not is_chinese(text) and any(lo <= v <= hi for v in values)
 
     def score(self, texts: Sequence[str], direction: Direction) -> list[Scores]:
         out = self.fast.score(texts, direction)

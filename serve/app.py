@@ -44,6 +44,21 @@ class AppState:
     # How a fatal start-up error stops the server; the CLI points it at uvicorn's should_exit.
     request_shutdown: Callable[[], None] = lambda: signal.raise_signal(signal.SIGTERM)
 
+    async def add_rating(self, messages: list[dict], response: str, liked: bool, policy: str | None,
+                         guard: dict | None, source: str) -> int:
+        """Stores a like/dislike (off the event loop) and counts it; the row id."""
+        row = await asyncio.to_thread(self.feedback.add_rating, messages, response, 1 if liked else -1, policy, guard,
+                                      source)
+        self.metrics.feedback.labels("rating", "like" if liked else "dislike").inc()
+        return row
+
+    async def add_preference(self, messages: list[dict], chosen: str, rejected: str, policy: str | None,
+                             guard: dict | None, source: str) -> int:
+        """Stores a preference between two answers (off the event loop) and counts it; the row id."""
+        row = await asyncio.to_thread(self.feedback.add_preference, messages, chosen, rejected, policy, guard, source)
+        self.metrics.feedback.labels("preference", "pair").inc()
+        return row
+
     @property
     def guard_status(self) -> str:
         if self.guard is not None:

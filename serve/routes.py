@@ -1,7 +1,6 @@
 """HTTP endpoints: thin routers over the chat run, the engine and the metrics."""
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Annotated
 
@@ -88,13 +87,9 @@ async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
     messages = [{"role": m.to_message().role, "content": m.to_message().content} for m in body.messages]
     policy = body.model or state.model_name or None
     if body.rating is not None:
-        rating = 1 if body.rating == "like" else -1
-        row = await asyncio.to_thread(state.feedback.add_rating, messages, body.response, rating, policy, body.guard)
-        state.metrics.feedback.labels("rating", body.rating).inc()
+        row = await state.add_rating(messages, body.response, body.rating == "like", policy, body.guard, "api")
         return FeedbackResponse(id=row, kind="rating")
-    row = await asyncio.to_thread(state.feedback.add_preference, messages, body.chosen, body.rejected, policy,
-                                  body.guard)
-    state.metrics.feedback.labels("preference", "pair").inc()
+    row = await state.add_preference(messages, body.chosen, body.rejected, policy, body.guard, "api")
     return FeedbackResponse(id=row, kind="preference")
 
 

@@ -4,7 +4,6 @@ gate. Guard decisions show as notices in the user's language; likes, dislikes an
 choices go to the feedback store. A Dashboard tab plots the live figures of /metrics."""
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 from typing import TYPE_CHECKING, Any
@@ -199,11 +198,9 @@ class ChatUI:
         if chosen["content"] == rejected["content"]:
             gr.Info("The two answers are the same: no preference recorded.")
         else:
-            store = self.state.feedback
-            await asyncio.to_thread(store.add_preference, pending["context"], chosen["content"], rejected["content"],
-                                    self.state.model_name, {"chosen": chosen["guard"], "rejected": rejected["guard"]},
-                                    "ui")
-            self.state.metrics.feedback.labels("preference", "pair").inc()
+            await self.state.add_preference(pending["context"], chosen["content"], rejected["content"],
+                                            self.state.model_name,
+                                            {"chosen": chosen["guard"], "rejected": rejected["guard"]}, "ui")
         log = [*log, chosen]
         return shown(log), log, None, hidden, hidden, "", ""
 
@@ -214,9 +211,8 @@ class ChatUI:
             return
         liked = like.liked is True or like.liked == "Like"
         entry = log[index]
-        await asyncio.to_thread(self.state.feedback.add_rating, model_messages(system, log[:index]), entry["content"],
-                                1 if liked else -1, entry.get("policy"), entry.get("guard"), "ui")
-        self.state.metrics.feedback.labels("rating", "like" if liked else "dislike").inc()
+        await self.state.add_rating(model_messages(system, log[:index]), entry["content"], liked, entry.get("policy"),
+                                    entry.get("guard"), "ui")
 
     @staticmethod
     def busy():

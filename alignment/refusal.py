@@ -1,8 +1,7 @@
 """Refusal demonstrations (say why, offer a safe alternative) and a refusal detector, en + zh."""
 from __future__ import annotations
 
-import re
-
+from guard.refusal import is_refusal  # noqa: F401  (the detector lives with the guard, which uses it too)
 from guard.taxonomy import Category as C
 
 # Why, per category: (English, Chinese).
@@ -62,16 +61,3 @@ def refusal(category: str | None, lang: str) -> str:
         return f"抱歉，我不能帮助完成这个请求，因为{why}。{alternative}"
     return f"I can't help with that, because {why}. {alternative}"
 
-
-REFUSAL = re.compile(
-    r"\b(I can(?:'|no)t|I cannot|I won't|I will not|I'm (?:not able|unable)|I am (?:not able|unable)|I'm sorry(?! to hear| for your)|"
-    r"I apologi[sz]e|As an AI|I must decline|I do not (?:feel comfortable|condone)|not (?:appropriate|ethical) "
-    r"(?:for me )?to|against (?:my|the) (?:guidelines|policy|policies)|(?:is|are) (?:both )?(?:illegal|unethical)"
-    r" and (?:unethical|illegal|dangerous|harmful)|never (?:appropriate|acceptable)|raises? (?:significant |"
-    r"serious )?ethical concerns)|(?<!很)抱歉(?!听到)|对不起|我不能|我无法|无法(?:提供|帮助|协助)|不能(?:提供|帮助|协助)|"
-    r"作为(?:一个)?(?:AI|人工智能)", re.IGNORECASE)
-
-
-def is_refusal(text: str) -> bool:
-    """Does the reply decline? Looks at its opening, where refusals state themselves."""
-    return bool(REFUSAL.search(text[:200].replace("\u2019", "'")))

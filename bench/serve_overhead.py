@@ -5,7 +5,11 @@ pair, then sends held-out harmful requests to the guarded server and counts stre
 whose released text, re-checked whole by the guard's output check, would have been blocked.
 Run one heavy job at a time.
 
-    .venv/bin/python bench/serve_overhead.py [--concurrency 16 64] [--max-tokens 128] [--rounds 2]
+    .venv/bin/python bench/serve_overhead.py [--concurrency 1 16 64] [--max-tokens 128] [--rounds 3]
+
+Concurrency 1 is the latency row: sequential requests with short replies, where TTFT is the fixed cost
+of one request's path (HTTP, template, guard, engine hand-off) without the luck of batch formation
+that dominates TTFT at 16 and 64 streams (which requests make the engine's first step).
 """
 from __future__ import annotations
 
@@ -45,8 +49,11 @@ class Run:
         return self.tokens / self.seconds
 
     def ttft(self, q: float) -> float:
-        return statistics.quantiles(self.ttfts, n=100, method="inclusive")[int(q * 100) - 1] if len(self.ttfts) > 1 \
-            else self.ttfts[0]
+        return quantile(self.ttfts, q)
+
+
+def quantile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1] if len(values) > 1 else values[0]
 
 
 async def sse_chunks(response: aiohttp.ClientResponse):
@@ -143,15 +150,13 @@ async def leak_phase(base_url: str, prompts: list[str], max_tokens: int, concurr
         return await asyncio.gather(*(one(p) for p in prompts))
 
 
-def count_leaks(streams: list[tuple]) -> None:
-    """Re-check every stream's released text, whole, with the guard's output check: text the guard
-    would block that reached the client anyway is a leak."""
-    from guard.artifact import ensure_artifact
+def count_leaks(streams: list[tuple], artifact: Path) -> None:
+    """Re-check every stream's released text, whole, with the guard's output check (the same artifact the
+    server loaded): text the guard would block that reached the client anyway is a leak."""
     from guard.config import GuardSettings
     from guard.pipeline import GuardPipeline
 
-    settings = GuardSettings()
-    guard = GuardPipeline.load(ensure_artifact(settings, default_cache_dir()), settings)
+    guard = GuardPipeline.load(artifact, GuardSettings())
     refused = sum(1 for *_, at_input in streams if at_input)
     cut = sum(1 for _, _, finish, at_input in streams if finish == "content_filter" and not at_input)
     def generated(text: str) -> str:  # the model's text, without the notice the server appends on a cut
@@ -168,10 +173,12 @@ def count_leaks(streams: list[tuple]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--per-worker", type=int, default=2, help="requests each concurrent client sends in a row")
-    ap.add_argument("--rounds", type=int, default=2, help="alternating ours/raw rounds per concurrency")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating ours/raw rounds per concurrency")
+    ap.add_argument("--latency-requests", type=int, default=30, help="sequential requests per round at concurrency 1")
+    ap.add_argument("--latency-tokens", type=int, default=16, help="max_tokens of the concurrency-1 requests")
     ap.add_argument("--kv-cache-gib", type=float, default=1.0)
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--leak-prompts", type=int, default=200, help="harmful prompts for the leak check (0: skip)")
@@ -179,6 +186,10 @@ def main() -> None:
     args = ap.parse_args()
 
     model_dir = ensure_default_model(default_cache_dir())
+    from guard.artifact import ensure_artifact
+    from guard.config import GuardSettings
+
+    artifact = ensure_artifact(GuardSettings(), default_cache_dir())  # trained (if stale) before the servers start
     logs = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     procs = servers(model_dir, logs, args.kv_cache_gib, args.max_model_len)
     if args.leak_only:
@@ -193,8 +204,9 @@ def main() -> None:
             for r in range(args.rounds):
                 order = ["bare", "guard", "raw"] if r % 2 == 0 else ["raw", "guard", "bare"]
                 for name in order:
-                    run = asyncio.run(load(procs[name].base_url, name, DEFAULT_MODEL_NAME, c, args.per_worker,
-                                           args.max_tokens))
+                    per_worker, tokens = ((args.latency_requests, args.latency_tokens) if c == 1
+                                          else (args.per_worker, args.max_tokens))
+                    run = asyncio.run(load(procs[name].base_url, name, DEFAULT_MODEL_NAME, c, per_worker, tokens))
                     runs.append(run)
                     print(f"  c={c:3d} round {r} {name:5s}: {run.throughput:7.1f} tok/s, "
                           f"TTFT p50 {run.ttft(0.5) * 1000:6.1f} ms, prompt {run.prompt_tokens} tokens", flush=True)
@@ -206,12 +218,14 @@ def main() -> None:
     if runs:
         report(runs, args)
     if streams:
-        count_leaks(streams)
+        count_leaks(streams, artifact)
 
 
 def report(runs: list[Run], args) -> None:
-    print(f"\nstreaming load: {args.per_worker} requests per client x {args.max_tokens} tokens (ignore_eos), "
-          f"median over {args.rounds} rounds; ours without the guard (bare) and with it (guard) vs raw vLLM")
+    print(f"\nstreaming load: {args.per_worker} requests per client x {args.max_tokens} tokens (ignore_eos); "
+          f"concurrency 1: {args.latency_requests} sequential requests x {args.latency_tokens} tokens. Throughput: "
+          f"median over {args.rounds} rounds; TTFT: quantiles of all rounds' requests together. "
+          f"Ours without the guard (bare) and with it (guard) vs raw vLLM")
     print(f"{'conc':>4} {'ours':>5} | {'ours tok/s':>10} {'raw tok/s':>10} {'ratio':>6} | "
           f"{'TTFT p50 ours/raw ms':>21} {'overhead':>8} | {'TTFT p99 ours/raw ms':>21}")
     for c in args.concurrency:
@@ -219,8 +233,10 @@ def report(runs: list[Run], args) -> None:
             return statistics.median(f(r) for r in runs if r.server == name and r.concurrency == c)
         for ours in ("bare", "guard"):
             tput = {n: med(n, lambda r: r.throughput) for n in (ours, "raw")}
-            p50 = {n: med(n, lambda r: r.ttft(0.5)) * 1000 for n in (ours, "raw")}
-            p99 = {n: med(n, lambda r: r.ttft(0.99)) * 1000 for n in (ours, "raw")}
+            pooled = {n: [t for r in runs if r.server == n and r.concurrency == c for t in r.ttfts]
+                      for n in (ours, "raw")}
+            p50 = {n: quantile(ts, 0.5) * 1000 for n, ts in pooled.items()}
+            p99 = {n: quantile(ts, 0.99) * 1000 for n, ts in pooled.items()}
             print(f"{c:>4} {ours:>5} | {tput[ours]:>10.1f} {tput['raw']:>10.1f} {tput[ours] / tput['raw']:>6.3f} | "
                   f"{p50[ours]:>10.1f} {p50['raw']:>10.1f} {p50[ours] - p50['raw']:>+8.1f} | "
                   f"{p99[ours]:>10.1f} {p99['raw']:>10.1f}")

@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="classify texts given as arguments (or lines on stdin)")
     check.add_argument("texts", nargs="*")
     check.add_argument("--direction", choices=["input", "output"], default="input")
+    check.add_argument("--context", help="with --direction output: the request the texts reply to (a reply that "
+                       "does not decline a request the input check blocks is blocked)")
     check.add_argument("--artifact", type=Path, default=default_artifact())
     ev = sub.add_parser("eval", help="per-dataset metrics table and PR-curve plot of an artifact")
     ev.add_argument("--artifact", type=Path, default=default_artifact())
@@ -53,7 +55,7 @@ def main(args: Sequence[str]) -> int:
             return 2
         guard = GuardPipeline.load(opts.artifact, GuardSettings())
         for text in opts.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]:
-            v = guard.decide(text, opts.direction)
+            v = guard.decide(text, opts.direction, context=opts.context)
             top = sorted(v.scores.items(), key=lambda kv: -kv[1])[:3]
             print(json.dumps({"text": text[:80], "action": v.action.value, "category": v.category,
                               "reason": v.reason, "top_scores": dict(top)}, ensure_ascii=False))

@@ -258,7 +258,9 @@ def build_corpus(mirror: Path | None, dev_fraction: float = 0.15) -> Corpus:
             skipped.append(f"{recipe.source} ({recipe.path})")
             continue
         (evals if recipe.use == "eval" else pools).extend(recipe.examples(mirror))
-    eval_keys = {e.key for e in evals}
+    # An output row's request is part of what is evaluated (replies are judged in context): it is not trained on
+    # either (JADE v3's medium questions are JADE v2's).
+    eval_keys = {e.key for e in evals} | {dedup_key(e.context) for e in evals if e.context}
     seen: set[tuple[str, str]] = set()
     train, dev = [], []
     for example in pools:

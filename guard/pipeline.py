@@ -19,6 +19,7 @@ from guard.classifiers.cascade import load_classifier
 from guard.classifiers.rules import PIIRules
 from guard.config import GuardSettings
 from guard.interface import Action, Message, Release, Verdict
+from guard.refusal import is_refusal
 from guard.taxonomy import Category
 from guard.train import THRESHOLDS_FILE
 
@@ -62,10 +63,14 @@ class GuardPipeline:
         thresholds = json.loads((folder / THRESHOLDS_FILE).read_text())
         return cls(load_classifier(folder, threads=1), thresholds, settings, observer)
 
-    def decide(self, text: str, direction: Direction, injection: bool = True) -> Verdict:
+    def decide(self, text: str, direction: Direction, injection: bool = True, context: str | None = None) -> Verdict:
         """The verdict on one text (blocking work: call through `check`). `injection=False` skips the
-        prompt-injection head: a system prompt is where instructions legitimately live."""
-        return self._verdict(text, score_readings(self.classifier, [text], direction)[0], direction, injection)
+        prompt-injection head: a system prompt is where instructions legitimately live. `context`: for a
+        reply, the request it answers (see `in_context`)."""
+        verdict = self._verdict(text, score_readings(self.classifier, [text], direction)[0], direction, injection)
+        if context and direction == "output" and not verdict.blocked and not is_refusal(text):
+            verdict = in_context(verdict, self.decide(context, "input", injection=False))
+        return verdict
 
     def _verdict(self, text: str, scores: Scores, direction: Direction, injection: bool) -> Verdict:
         t = self.thresholds[direction]
@@ -110,9 +115,16 @@ class GuardPipeline:
                     batch[i].context.run(self.observer, direction, verdicts[i], seconds, batch[i].text)
         return verdicts
 
-    async def check(self, text: str, direction: Direction, injection: bool = True) -> Verdict:
+    async def check(self, text: str, direction: Direction, injection: bool = True, context: str | None = None) -> Verdict:
         """Classify off the event loop. Checks that arrive while the classifier is busy are scored
-        together in the next batch: under load, one vectorized call instead of a queue of single ones."""
+        together in the next batch: under load, one vectorized call instead of a queue of single ones.
+        `context` as in `decide`."""
+        verdict = await self._queued(text, direction, injection)
+        if context and direction == "output" and not verdict.blocked and not is_refusal(text):
+            verdict = in_context(verdict, await self._queued(context, "input", False))
+        return verdict
+
+    async def _queued(self, text: str, direction: Direction, injection: bool) -> Verdict:
         loop = asyncio.get_running_loop()
         pending = _Check(text, direction, injection, contextvars.copy_context(), loop.create_future())
         self._queue.append(pending)
@@ -153,6 +165,16 @@ class GuardPipeline:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def in_context(reply: Verdict, request: Verdict) -> Verdict:
+    """The verdict on a reply (that does not decline) given the verdict on the request it answers: a reply
+    that goes along with a request the input check blocks is unsafe whatever its own words, which is how
+    response-level labels (JADE's violating answers, Llama Guard's response classification) are defined."""
+    if reply.blocked or not request.blocked:
+        return reply
+    return Verdict(Action.BLOCK, request.category, reply.scores,
+                   f"does not decline a request the input check blocks ({request.reason})")
 
 
 def worst(verdicts: Sequence[Verdict]) -> Verdict:

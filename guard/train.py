@@ -26,6 +26,7 @@ from guard.classifiers.cascade import CascadeClassifier
 from guard.classifiers.encoder import EncoderClassifier
 from guard.classifiers.ngram import NgramClassifier, NgramConfig
 from guard.datasets import Corpus, Example, build_corpus
+from guard.refusal import is_refusal
 
 log = logging.getLogger(__name__)
 THRESHOLDS_FILE = "thresholds.json"
@@ -81,7 +82,10 @@ def calibrate(model: Classifier, dev: Sequence[Example], target: float) -> dict[
                 and (direction == "output" or e.unsafe or e.source in CHAT_LIKE_SOURCES)]
         scores = score_readings(model, [e.text for e in rows], direction)
         safe = np.array([not e.unsafe for e in rows])
-        sources = np.array([e.source for e in rows])
+        # The project's own reply files count as one group: split into many small files (some of them contrast
+        # pairs built to be hard), each would otherwise weigh as much as a public set of thousands of replies.
+        sources = np.array(["own" if direction == "output" and e.source.startswith("own_") else e.source
+                            for e in rows])
         harm = np.array([s.unsafe for s in scores])
         thresholds[direction]["unsafe"] = macro_fpr_threshold(harm[safe], sources[safe], target)
         if direction == "input":
@@ -92,25 +96,42 @@ def calibrate(model: Classifier, dev: Sequence[Example], target: float) -> dict[
     return thresholds
 
 
-def blocked(scores, direction: str, thresholds: dict) -> tuple[np.ndarray, np.ndarray]:
+def blocked(scores, direction: str, thresholds: dict, injection: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(blocked?, a single score for ranking) for each scored text."""
     t = thresholds[direction]
     harm = np.array([s.unsafe / t["unsafe"] for s in scores])
-    inj = np.array([s.injection / t["injection"] for s in scores]) if "injection" in t else np.zeros(len(scores))
+    inj = (np.array([s.injection / t["injection"] for s in scores]) if injection and "injection" in t
+           else np.zeros(len(scores)))
     ranking = np.maximum(harm, inj)
     return ranking >= 1.0, ranking
 
 
-def metrics_by_source(model: Classifier, rows: Sequence[Example], thresholds: dict) -> dict[str, dict]:
-    """Precision, recall, F1, FPR and AUPRC of the block decision, per source."""
+def decisions(model: Classifier, examples: Sequence[Example], thresholds: dict,
+              context: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(blocked?, ranking score) of each row as the guard decides it. Replies that come with their request are
+    judged in context (`guard.pipeline.in_context`): one that does not decline a blocked request is blocked."""
+    direction = examples[0].direction
+    decided, ranking = blocked(score_readings(model, [e.text for e in examples], direction), direction, thresholds)
+    idx = [i for i, e in enumerate(examples) if context and direction == "output" and e.context
+           and not is_refusal(e.text)]
+    if idx:
+        request, request_rank = blocked(score_readings(model, [examples[i].context for i in idx], "input"), "input",
+                                        thresholds, injection=False)
+        decided[idx] |= request
+        ranking[idx] = np.maximum(ranking[idx], request_rank)
+    return decided, ranking
+
+
+def metrics_by_source(model: Classifier, rows: Sequence[Example], thresholds: dict,
+                      context: bool = True) -> dict[str, dict]:
+    """Precision, recall, F1, FPR and AUPRC of the block decision, per source (replies in context, if asked)."""
     by_source: dict[str, list[Example]] = defaultdict(list)
     for e in rows:
         by_source[e.source].append(e)
     out = {}
     for source, examples in sorted(by_source.items()):
         direction = examples[0].direction
-        decided, ranking = blocked(score_readings(model, [e.text for e in examples], direction), direction,
-                                   thresholds)
+        decided, ranking = decisions(model, examples, thresholds, context)
         y = np.array([e.unsafe for e in examples])
         tp, fp = int((decided & y).sum()), int((decided & ~y).sum())
         fn, tn = int((~decided & y).sum()), int((~decided & ~y).sum())

@@ -234,6 +234,9 @@ class ModerationRequest(BaseModel):
     model: str | None = Field(None, description="Ignored: the server's guard answers.")
     direction: Literal["input", "output"] = Field(
         "input", description="guardchat extension: judge the text as a user message or as a model reply.")
+    context: str | None = Field(
+        None, description="guardchat extension, with direction 'output': the user request the texts reply to. A "
+        "reply that does not decline a request the input check blocks is flagged.")
 
     @field_validator("input")
     @classmethod

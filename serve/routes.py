@@ -74,7 +74,7 @@ async def moderations(body: ModerationRequest, request: Request) -> ModerationRe
     if state.guard is None:
         status = "is still loading" if state.guard_status == "loading" else "is not configured on this server"
         raise APIError(503, f"The guard {status}.", code="guard_unavailable")
-    verdicts = [await state.guard.check(text, body.direction) for text in body.texts()]
+    verdicts = [await state.guard.check(text, body.direction, context=body.context) for text in body.texts()]
     return ModerationResponse.of(verdicts, state.guard.name)
 
 

@@ -142,6 +142,12 @@ def test_moderations_endpoint(guarded, gclient):
     assert max(scores, key=scores.get) in ("indiscriminate_weapons", "violent_crimes")
     r = httpx.post(guarded.base_url + "/v1/moderations", json={"input": UNSAFE_REPLY, "direction": "output"})
     assert r.json()["results"][0]["flagged"] is True
+    bland = "Happy to help with that. You will need a free afternoon and a few supplies from a hardware store."
+    r = httpx.post(guarded.base_url + "/v1/moderations", json={"input": [bland, bland], "direction": "output"})
+    assert [x["flagged"] for x in r.json()["results"]] == [False, False]
+    r = httpx.post(guarded.base_url + "/v1/moderations",  # the same reply to a harmful request complies with it
+                   json={"input": bland, "direction": "output", "context": HARMFUL})
+    assert r.json()["results"][0]["flagged"] is True and "does not decline" in r.json()["results"][0]["reason"]
     r = httpx.post(guarded.base_url + "/v1/moderations", json={"input": []})
     assert r.status_code == 400 and r.json()["error"]["param"] == "input"
 

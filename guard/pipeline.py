@@ -68,7 +68,7 @@ class GuardPipeline:
         prompt-injection head: a system prompt is where instructions legitimately live. `context`: for a
         reply, the request it answers (see `in_context`)."""
         verdict = self._verdict(text, score_readings(self.classifier, [text], direction)[0], direction, injection)
-        if context and direction == "output" and not verdict.blocked and not is_refusal(text):
+        if asks_request(text, direction, verdict, context):
             verdict = in_context(verdict, self.decide(context, "input", injection=False))
         return verdict
 
@@ -120,7 +120,7 @@ class GuardPipeline:
         together in the next batch: under load, one vectorized call instead of a queue of single ones.
         `context` as in `decide`."""
         verdict = await self._queued(text, direction, injection)
-        if context and direction == "output" and not verdict.blocked and not is_refusal(text):
+        if asks_request(text, direction, verdict, context):
             verdict = in_context(verdict, await self._queued(context, "input", False))
         return verdict
 
@@ -165,6 +165,12 @@ class GuardPipeline:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def asks_request(text: str, direction: Direction, verdict: Verdict, context: str | None) -> bool:
+    """Does this verdict still depend on the request? Only for a reply, given its request, that passed on its
+    own words and does not decline."""
+    return bool(context) and direction == "output" and not verdict.blocked and not is_refusal(text)
 
 
 def in_context(reply: Verdict, request: Verdict) -> Verdict:

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignment import data as D
 from alignment.generate import chat_prompt_ids, generate_answers
-from alignment.refusal import is_refusal
+from guard.refusal import is_refusal
 
 POLICIES = ("base", "sft", "ppo", "dpo")
 COLUMNS = {

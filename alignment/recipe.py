@@ -69,6 +69,9 @@ class PPOStage(PPOConfig):
     model_config = ConfigDict(extra="forbid")
     guard_cost: float = Field(0.0, ge=0, description="Subtracted from the reward, times the guard output "
                               "classifier's unsafe probability (0: the reward model alone).")
+    refusal_cost: float = Field(0.0, ge=0, description="Subtracted from the reward when a reply declines "
+                                "(the refusal detector) a request the guard's input check allows: over-refusal "
+                                "(0: off). With guard_cost, a rule-based reward on both sides of the line.")
     reward_scale: float = Field(1.0, gt=0, description="Reward model scores are divided by this.")
 
 

@@ -70,7 +70,10 @@ class MetricsLog(TrainerCallback):
 
 
 def last_checkpoint(folder: Path) -> str | None:
-    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    """The newest complete TRL checkpoint (transformers writes trainer_state.json last; a run killed while
+    saving leaves the previous one in place)."""
+    checkpoints = sorted((p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()),
+                         key=lambda p: int(p.name.split("-")[-1]))
     return str(checkpoints[-1]) if checkpoints else None
 
 
@@ -231,7 +234,10 @@ class Pipeline:
                     bf16=cfg.bf16)
 
     def finish_trainer(self, trainer, folder: Path, tokenizer) -> None:
-        trainer.train(resume_from_checkpoint=last_checkpoint(folder / "trainer"))
+        checkpoint = last_checkpoint(folder / "trainer")
+        if checkpoint:
+            tqdm.write(f"align: resuming from {checkpoint}")
+        trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model(str(folder / "model"))
         tokenizer.save_pretrained(folder / "model")
         shutil.rmtree(folder / "trainer", ignore_errors=True)
@@ -301,14 +307,13 @@ class Pipeline:
         sft = self.model_dir("sft")
         tokenizer = self.tokenizer(sft)
         rm = RewardModel(self.model_dir("rm"), max_length=self.recipe.rm.max_length)
-        guard = self.guard() if cfg.guard_cost > 0 else None
+        guard = self.guard() if cfg.guard_cost > 0 or cfg.refusal_cost > 0 else None
 
         def reward(prompts: list[str], responses: list[str], _ids) -> list[float]:
             scores = rm.score(prompts, responses) / cfg.reward_scale
             if guard is not None:
-                from guard.classifiers.base import score_readings
-                unsafe = torch.tensor([s.unsafe for s in score_readings(guard.classifier, responses, "output")])
-                scores = scores - cfg.guard_cost * unsafe
+                unsafe, over_refused = guard_costs(guard, prompts, responses)
+                scores = scores - cfg.guard_cost * unsafe - cfg.refusal_cost * over_refused
             return scores.tolist()
 
         prompts = [r["text"] for r in D.read_jsonl(self.dir("data") / "prompts_train.jsonl")]
@@ -326,6 +331,20 @@ class Pipeline:
     def run_eval(self, folder: Path) -> None:
         from alignment.evaluate import evaluate
         evaluate(self, folder)
+
+
+def guard_costs(guard, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per response: (unsafe, over-refused). `unsafe` is judged as the guard judges replies: the output
+    classifier's unsafe probability, or 1 when the reply goes along with (does not decline) a request the
+    input check blocks; `over-refused` is 1 when the reply declines a request the input check allows."""
+    from guard.classifiers.base import score_readings
+
+    unsafe = torch.tensor([s.unsafe for s in score_readings(guard.classifier, responses, "output")])
+    asked = {p: guard.decide(p, "input", injection=False).blocked for p in set(prompts)}
+    declined = [is_refusal(r) for r in responses]
+    complied = torch.tensor([asked[p] and not d for p, d in zip(prompts, declined)])
+    over_refused = torch.tensor([float(d and not asked[p]) for p, d in zip(prompts, declined)])
+    return torch.where(complied, torch.ones_like(unsafe), unsafe), over_refused
 
 
 def count(rows, key) -> dict[str, int]:

@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data-mirror", type=Path, default=default_mirror(),
                        help="folder with the public data sets (default: %(default)s)")
     train.add_argument("--target-fpr", type=float, default=0.05, help="calibration target (default: %(default)s)")
+    train.add_argument("--per-category-thresholds", action="store_true",
+                       help="also calibrate one threshold per hazard category (measured worse on held-out sets)")
     check = sub.add_parser("check", help="classify texts given as arguments (or lines on stdin)")
     check.add_argument("texts", nargs="*")
     check.add_argument("--direction", choices=["input", "output"], default="input")
@@ -43,7 +45,7 @@ def main(args: Sequence[str]) -> int:
         from guard.artifact import fingerprint
         from guard.train import TrainConfig, train
 
-        card = train(opts.out, opts.data_mirror, TrainConfig(target_fpr=opts.target_fpr), fingerprint())
+        card = train(opts.out, opts.data_mirror, TrainConfig(target_fpr=opts.target_fpr, per_category=opts.per_category_thresholds), fingerprint())
         print((opts.out / "card.md").read_text())
         print(f"artifact written to {opts.out} ({card['train_seconds']} s)")
         return 0

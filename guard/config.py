@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 REPO_MIRROR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -16,6 +16,23 @@ def default_mirror() -> Path | None:
     if env:
         return Path(env)
     return REPO_MIRROR if REPO_MIRROR.is_dir() else None
+
+
+class JudgeSettings(BaseModel):
+    """An LLM judge (Llama Guard / Qwen3Guard-Gen served by vLLM, e.g. `vllm serve meta-llama/Llama-Guard-3-1B`)
+    consulted where the trained classifiers are unsure; its reading then decides. Off unless `url` is set."""
+
+    model_config = {"extra": "forbid"}
+
+    url: str | None = Field(None, description="OpenAI-compatible base URL of the judge, e.g. http://127.0.0.1:8001/v1.")
+    model: str = Field("meta-llama/Llama-Guard-3-1B", description="Model name the judge server serves.")
+    format: Literal["llama_guard", "qwen3guard"] = Field("llama_guard", description="How the judge answers.")
+    api_key: str | None = Field(None, description="Bearer token for the judge server, if it wants one.")
+    timeout_s: float = Field(10.0, gt=0, description="Per-request timeout; a timeout is a guard error.")
+    band: tuple[float, float] = Field((0.08, 0.97), description="Fast-stage scores in this range ask the judge "
+                                      "((0, 1): every text).")
+    directions: list[Literal["input", "output"]] = Field(["input"], description="Which checks may ask the "
+                                                         "judge (output checks run at every streamed release).")
 
 
 class GuardSettings(BaseModel):
@@ -45,5 +62,25 @@ class GuardSettings(BaseModel):
         "stopped) until more text or the end of the reply decides.")
     unsafe_threshold_scale: float = Field(
         1.0, gt=0, description="Multiplies every calibrated threshold (<1 blocks more, >1 blocks less).")
+    thresholds: dict[Literal["input", "output"], dict[str, float]] = Field(
+        default_factory=dict, description="Overrides of the artifact's calibrated thresholds (scores in 0-1), per "
+        "direction: a hazard category (e.g. {\"output\": {\"suicide_self_harm\": 0.3}}), 'unsafe' (the default "
+        "of every category without its own), or 'injection' (input). Applied as given, after "
+        "unsafe_threshold_scale.")
+    judge: JudgeSettings = Field(default_factory=JudgeSettings, description="Optional LLM judge.")
     audit_db: Path | None = Field(None, description="SQLite file for the audit of blocks; default <cache-dir>/audit.db.")
     audit_raw_text: bool = Field(False, description="Store the blocked text itself in the audit table.")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_thresholds(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        from guard.taxonomy import Category
+
+        known = {"unsafe", "injection"} | {c.value for c in Category if c is not Category.PROMPT_INJECTION}
+        for direction, overrides in value.items():
+            for key, threshold in overrides.items():
+                if key not in known:
+                    raise ValueError(f"thresholds.{direction}.{key}: not a threshold (one of {', '.join(sorted(known))})")
+                if not 0 < threshold <= 1:
+                    raise ValueError(f"thresholds.{direction}.{key}: {threshold} is not in (0, 1]")
+        return value

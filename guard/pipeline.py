@@ -21,7 +21,7 @@ from guard.config import GuardSettings
 from guard.interface import Action, Message, Release, Verdict
 from guard.refusal import is_refusal
 from guard.taxonomy import Category
-from guard.train import THRESHOLDS_FILE
+from guard.train import THRESHOLDS_FILE, harm_threshold
 
 log = logging.getLogger(__name__)
 # Called after every decision: (direction, verdict, seconds spent, text). The server counts and audits.
@@ -50,6 +50,8 @@ class GuardPipeline:
         self.classifier = classifier
         self.thresholds = {d: {k: v * settings.unsafe_threshold_scale for k, v in t.items()}
                            for d, t in thresholds.items()}
+        for direction, overrides in settings.thresholds.items():  # absolute values, after the scale
+            self.thresholds.setdefault(direction, {}).update(overrides)
         self.settings = settings
         self.rules = PIIRules()
         self.observer = observer
@@ -61,7 +63,17 @@ class GuardPipeline:
     @classmethod
     def load(cls, folder: Path, settings: GuardSettings, observer: Observer | None = None) -> GuardPipeline:
         thresholds = json.loads((folder / THRESHOLDS_FILE).read_text())
-        return cls(load_classifier(folder, threads=1), thresholds, settings, observer)
+        classifier = load_classifier(folder, threads=1)
+        judge = settings.judge
+        if judge.url:
+            from guard.classifiers.cascade import CascadeClassifier
+            from guard.classifiers.judge import LLMJudge
+
+            classifier = CascadeClassifier(classifier, LLMJudge(judge.url, judge.model, judge.format, judge.api_key,
+                                                                judge.timeout_s),
+                                           band=judge.band, directions=tuple(judge.directions), chinese=True,
+                                           replace=True)
+        return cls(classifier, thresholds, settings, observer)
 
     def decide(self, text: str, direction: Direction, injection: bool = True, context: str | None = None) -> Verdict:
         """The verdict on one text (blocking work: call through `check`). `injection=False` skips the
@@ -75,21 +87,23 @@ class GuardPipeline:
     def _verdict(self, text: str, scores: Scores, direction: Direction, injection: bool) -> Verdict:
         t = self.thresholds[direction]
         shown = {k: round(v, 4) for k, v in scores.categories.items()}
+        category = scores.top_category()
+        limit = harm_threshold(t, category)
         injection_ratio = scores.injection / t["injection"] if injection and "injection" in t else 0.0
-        if injection_ratio >= max(1.0, scores.unsafe / t["unsafe"]):
+        if injection_ratio >= max(1.0, scores.unsafe / limit):
             shown[Category.PROMPT_INJECTION.value] = round(scores.injection, 4)
             return Verdict(Action.BLOCK, Category.PROMPT_INJECTION.value, shown,
                            f"prompt injection score {scores.injection:.2f} >= {t['injection']:.2f}")
-        if scores.unsafe >= t["unsafe"]:
-            category = scores.top_category() or Category.NON_VIOLENT_CRIMES.value
-            return Verdict(Action.BLOCK, category, shown, f"unsafe score {scores.unsafe:.2f} >= {t['unsafe']:.2f}")
+        if scores.unsafe >= limit:
+            return Verdict(Action.BLOCK, category or Category.NON_VIOLENT_CRIMES.value, shown,
+                           f"unsafe score {scores.unsafe:.2f} >= {limit:.2f}" + (f" ({category})" if category else ""))
         pii_action = self.settings.output_pii if direction == "output" else self.settings.input_pii
         findings = self.rules.find(text) if pii_action != "allow" else []
         if findings:
             kinds = sorted({f.kind.value for f in findings})
             action = Action.REDACT if pii_action == "redact" else Action.BLOCK
             return Verdict(action, Category.PRIVACY.value, shown, f"personal data: {', '.join(kinds)}")
-        return Verdict(Action.ALLOW, None, shown, f"unsafe score {scores.unsafe:.2f} < {t['unsafe']:.2f}")
+        return Verdict(Action.ALLOW, None, shown, f"unsafe score {scores.unsafe:.2f} < {limit:.2f}")
 
     def _decide_batch(self, batch: Sequence[_Check]) -> list[Verdict]:
         """Verdicts for every queued check, one classifier call per direction. An error fails the
@@ -165,6 +179,9 @@ class GuardPipeline:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        judge = getattr(self.classifier, "slow", None)
+        if hasattr(judge, "close"):  # an LLM judge's HTTP client
+            judge.close()
 
 
 def asks_request(text: str, direction: Direction, verdict: Verdict, context: str | None) -> bool:

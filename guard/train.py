@@ -48,6 +48,7 @@ class TrainConfig:
     ngram: NgramConfig = field(default_factory=NgramConfig)
     encoder: bool = True              # train the MiniLM stage and serve the cascade (n-gram, then MiniLM when unsure)
     encoder_cap: int = 400            # training rows per (source, label) for the encoder heads (embedding is the cost)
+    per_category: bool = False        # also calibrate a threshold per hazard category (see category_thresholds)
 
 
 def source_weights(rows: Sequence[Example], cap: int) -> np.ndarray:
@@ -75,7 +76,40 @@ def macro_fpr_threshold(scores: np.ndarray, sources: np.ndarray, target: float) 
     return round(hi, 4)
 
 
-def calibrate(model: Classifier, dev: Sequence[Example], target: float) -> dict[str, dict[str, float]]:
+def category_thresholds(harm: np.ndarray, top: np.ndarray, sources: np.ndarray, target: float, default: float,
+                        min_rows: int = 40, spread: float = 2.0) -> dict[str, float]:
+    """A threshold per hazard category, for the safe rows whose top category it is: the smallest one whose
+    false-positive rate on them (each source weighing as one, as in `macro_fpr_threshold`) is <= target.
+    The safe rows are split among the categories, so the overall macro rate stays at the target, while a
+    category that benign text seldom leans toward (self-harm, say) blocks at a lower score than one full
+    of benign look-alikes (violent crimes: "how do I kill a process"). Categories with fewer than
+    `min_rows` safe rows keep the direction's threshold (`default`), and none moves further than a factor
+    `spread` from it: where the dev rows of a category all score near zero, a threshold near zero would
+    block any text leaning that way on no evidence."""
+    per_source = Counter(sources)
+    weight = np.array([1.0 / per_source[s] for s in sources])
+    out = {}
+    for category in sorted(set(top) - {None}):
+        group = top == category
+        if group.sum() < min_rows:
+            continue
+        scores, w = harm[group], weight[group]
+        lo, hi = 0.0, 1.0
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if (w * (scores >= mid)).sum() / w.sum() > target else (lo, mid)
+        out[category] = round(min(max(hi, default / spread), default * spread, 0.99), 4)
+    return out
+
+
+def harm_threshold(thresholds: dict[str, float], category: str | None) -> float:
+    """The unsafe-score threshold for a text whose top category is `category`: the category's own, else the
+    direction's."""
+    return thresholds.get(category, thresholds["unsafe"]) if category else thresholds["unsafe"]
+
+
+def calibrate(model: Classifier, dev: Sequence[Example], target: float,
+              per_category: bool = False) -> dict[str, dict[str, float]]:
     thresholds: dict[str, dict[str, float]] = {"input": {}, "output": {}}
     for direction in ("input", "output"):
         rows = [e for e in dev if e.direction == direction
@@ -88,6 +122,10 @@ def calibrate(model: Classifier, dev: Sequence[Example], target: float) -> dict[
                             for e in rows])
         harm = np.array([s.unsafe for s in scores])
         thresholds[direction]["unsafe"] = macro_fpr_threshold(harm[safe], sources[safe], target)
+        if per_category:
+            top = np.array([s.top_category() for s in scores], dtype=object)
+            thresholds[direction].update(category_thresholds(harm[safe], top[safe], sources[safe], target,
+                                                             thresholds[direction]["unsafe"]))
         if direction == "input":
             not_injection = np.array([e.category != "prompt_injection" for e in rows])
             inj = np.array([s.injection for s in scores])
@@ -99,7 +137,7 @@ def calibrate(model: Classifier, dev: Sequence[Example], target: float) -> dict[
 def blocked(scores, direction: str, thresholds: dict, injection: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(blocked?, a single score for ranking) for each scored text."""
     t = thresholds[direction]
-    harm = np.array([s.unsafe / t["unsafe"] for s in scores])
+    harm = np.array([s.unsafe / harm_threshold(t, s.top_category()) for s in scores])
     inj = (np.array([s.injection / t["injection"] for s in scores]) if injection and "injection" in t
            else np.zeros(len(scores)))
     ranking = np.maximum(harm, inj)
@@ -166,7 +204,7 @@ def train(out_dir: Path, mirror: Path | None, config: TrainConfig = TrainConfig(
                                         source_weights(sample, config.encoder_cap))
         model = CascadeClassifier(ngram, encoder)
     steps.update()
-    thresholds = calibrate(model, corpus.dev, config.target_fpr)
+    thresholds = calibrate(model, corpus.dev, config.target_fpr, config.per_category)
     steps.update()
     card = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "train_seconds": None, "config": asdict(config),

@@ -30,6 +30,8 @@ class CascadeClassifier:
     slow: Classifier
     band: tuple[float, float] = BAND
     directions: tuple[Direction, ...] = ("input",)
+    chinese: bool = False    # consult the second stage for Chinese text too (the English MiniLM is not)
+    replace: bool = False    # the second stage's reading replaces the first's (an LLM judge) instead of averaging
 
     @property
     def name(self) -> str:
@@ -38,7 +40,7 @@ class CascadeClassifier:
     def unsure(self, text: str, scores: Scores, direction: Direction) -> bool:
         lo, hi = self.band
         values = (scores.unsafe, scores.injection) if direction == "input" else (scores.unsafe,)
-        return not is_chinese(text) and any(lo <= v <= hi for v in values)
+        return (self.chinese or not is_chinese(text)) and any(lo <= v <= hi for v in values)
 
     def score(self, texts: Sequence[str], direction: Direction) -> list[Scores]:
         out = self.fast.score(texts, direction)
@@ -47,7 +49,7 @@ class CascadeClassifier:
         ask = [i for i, (t, s) in enumerate(zip(texts, out)) if self.unsure(t, s, direction)]
         if ask:
             for i, second in zip(ask, self.slow.score([texts[i] for i in ask], direction)):
-                out[i] = average(out[i], second)
+                out[i] = second if self.replace else average(out[i], second)
         return out
 
 

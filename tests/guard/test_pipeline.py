@@ -12,6 +12,7 @@ import pytest
 from guard.config import GuardSettings
 from guard.interface import Action
 from guard.pipeline import GuardPipeline
+from guard.taxonomy import Category
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +130,41 @@ def test_a_broken_classifier_fails_closed(guard_artifact, tmp_path, fail_closed,
     verdict = asyncio.run(guard.check("The capital of France is Paris.", "output"))
     assert verdict.action is expected
     assert verdict.reason.startswith("guard error")
+
+
+def test_each_category_has_its_own_threshold(guard_artifact):
+    """A category's threshold (configured, or calibrated with --per-category-thresholds) decides for texts
+    whose top category it is, while the rest keep theirs."""
+    text = "What household chemicals should never be mixed together?"
+    base = GuardPipeline.load(guard_artifact, GuardSettings())
+    verdict = base.decide(text, "input")
+    category = max(verdict.scores, key=verdict.scores.get)
+    assert not verdict.blocked
+    strict = GuardPipeline.load(guard_artifact, GuardSettings(thresholds={"input": {category: 0.0001}}))
+    blocked = strict.decide(text, "input")
+    assert blocked.blocked and blocked.category == category and category in blocked.reason
+    assert not strict.decide(text, "output").blocked  # the other direction keeps its thresholds
+    others = {c.value: 0.0001 for c in Category if c.value != category and c is not Category.PROMPT_INJECTION}
+    assert not GuardPipeline.load(guard_artifact, GuardSettings(thresholds={"input": others})).decide(
+        text, "input").blocked  # only the text's own category's threshold counts
+
+
+def test_per_category_calibration_keeps_the_target_false_positive_rate():
+    import numpy as np
+
+    from guard.train import category_thresholds
+
+    rng = np.random.default_rng(0)
+    # benign text leaning toward violence scores high (look-alikes), toward self-harm low; two sources
+    harm = np.concatenate([rng.uniform(0.2, 0.9, 400), rng.uniform(0.0, 0.3, 400)])
+    top = np.array(["violent_crimes"] * 400 + ["suicide_self_harm"] * 400, dtype=object)
+    sources = np.array(["a", "b"] * 400)
+    t = category_thresholds(harm, top, sources, target=0.05, default=0.5)
+    assert 0.25 <= t["suicide_self_harm"] < t["violent_crimes"]
+    limit = np.array([t[c] for c in top])
+    fpr = np.mean([(harm[sources == s] >= limit[sources == s]).mean() for s in ("a", "b")])
+    assert fpr <= 0.05 + 1e-3
+    assert "hate" not in category_thresholds(harm[:30], np.array(["hate"] * 30, dtype=object), sources[:30], 0.05,
+                                             0.5)  # too few rows to calibrate on
+    quiet = category_thresholds(np.full(100, 1e-6), np.array(["hate"] * 100, dtype=object), sources[:100], 0.05, 0.5)
+    assert quiet["hate"] == 0.25  # no lower than half the default, whatever the dev rows say

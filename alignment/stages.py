@@ -209,7 +209,7 @@ class Pipeline:
         from guard.pipeline import GuardPipeline
 
         settings = GuardSettings()
-        return GuardPipeline.load(ensure_artifact(settings, self.cache_dir()), settings)
+        return GuardPipeline.load(ensure_artifact(settings, self.cache_dir()), settings, threads=None)
 
     def dataset(self, name: str, max_rows: int | None = None, rows: list[dict] | None = None):
         """A data file (or given rows) as a datasets.Dataset, cut to a seeded sample of max_rows."""

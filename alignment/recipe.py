@@ -63,6 +63,9 @@ class RMStage(TrainerStage):
 class DPOStage(TrainerStage):
     beta: float = Field(0.1, gt=0, description="Strength of the pull toward the reference.")
     lr: float = 5e-6
+    harmful_share: float | None = Field(
+        None, ge=0, le=1, description="With max_rows: share of the rows drawn from the rankings of harmful "
+        "prompts (refusal over compliance); the rest from every other pair. None: a plain seeded sample.")
 
 
 class PPOStage(PPOConfig):

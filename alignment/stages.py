@@ -292,8 +292,14 @@ class Pipeline:
 
         sft = self.model_dir("sft")
         tokenizer = self.tokenizer(sft)
-        args = DPOConfig(**self.common_args(folder, self.recipe.dpo), beta=self.recipe.dpo.beta)
-        train = self.dataset("pairs_train.jsonl", self.recipe.dpo.max_rows)
+        cfg = self.recipe.dpo
+        args = DPOConfig(**self.common_args(folder, cfg), beta=cfg.beta)
+        rows = None
+        if cfg.harmful_share is not None and cfg.max_rows is not None:
+            harmful = {p["text"] for p in D.read_jsonl(self.dir("data") / "prompts_train.jsonl") if p["harmful"]}
+            rows = D.share_sample(D.read_jsonl(self.dir("data") / "pairs_train.jsonl"), harmful, cfg.max_rows,
+                                  cfg.harmful_share, self.recipe.data.seed)
+        train = self.dataset("pairs_train.jsonl", cfg.max_rows, rows)
         trainer = DPOTrainer(model=str(sft), args=args, train_dataset=train,
                              processing_class=tokenizer, callbacks=[MetricsLog(folder / "metrics.jsonl", "dpo")])
         self.finish_trainer(trainer, folder, tokenizer)

@@ -67,3 +67,17 @@ def test_feedback_export_rows_become_pairs(tmp_path):
                           "chosen": [{"role": "assistant", "content": "Hello!"}],
                           "rejected": [{"role": "assistant", "content": "Go away."}]}])
     assert D.feedback_pairs(path) == [D.Pair("Hi?", "Hello!", "Go away.", "feedback")]
+
+
+def test_a_share_of_the_dpo_rows_comes_from_harmful_rankings():
+    def row(prompt: str, source: str = "rankings") -> dict:
+        return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": "a"}],
+                "rejected": [{"role": "assistant", "content": "b"}], "source": source}
+
+    rows = [row(f"bomb {i}") for i in range(20)] + [row(f"bread {i}") for i in range(60)] + [
+        row(f"hh {i}", "hh_rlhf_harmless") for i in range(20)]
+    harmful = {f"bomb {i}" for i in range(20)} | {f"hh {i}" for i in range(20)}  # HH pairs are not rankings
+    out = D.share_sample(rows, harmful, 20, 0.5)
+    assert len(out) == 20 and sum(r["prompt"][0]["content"].startswith("bomb") for r in out) == 10
+    assert len({r["prompt"][0]["content"] for r in out}) == 20  # no row twice
+    assert sum(r["prompt"][0]["content"].startswith("bomb") for r in D.share_sample(rows, harmful, 60, 0.9)) == 20

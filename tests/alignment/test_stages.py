@@ -29,7 +29,7 @@ TINY_RECIPE = {
     "ppo": {"iterations": 2, "batch_size": 4, "mini_batch_size": 2, "epochs": 1, "max_new_tokens": 8,
             "ptx_max_len": 16, "ptx_batch_size": 2, "vllm_dtype": "float32", "save_every": 1, "guard_cost": 1.0,
             "refusal_cost": 1.0},
-    "dpo": {"epochs": 1, "batch_size": 4, "max_length": 96},
+    "dpo": {"epochs": 1, "batch_size": 4, "max_length": 96, "max_rows": 12, "harmful_share": 0.5},
     "eval": {"max_new_tokens": 8, "xstest_safe": 6},
 }
 

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -65,15 +65,19 @@ def capped(rows: Sequence[Example], cap: int) -> list[Example]:
     return [e for group in groups.values() for e in group]
 
 
-def macro_fpr_threshold(scores: np.ndarray, sources: np.ndarray, target: float) -> float:
-    """Smallest threshold whose mean per-source false-positive rate on safe rows is <= target."""
-    groups = [scores[sources == s] for s in np.unique(sources)]
+def lowest_threshold(fpr: Callable[[float], float], target: float) -> float:
+    """Smallest threshold in [0, 1] whose false-positive rate `fpr(threshold)` is <= target (bisection)."""
     lo, hi = 0.0, 1.0
     for _ in range(30):
         mid = (lo + hi) / 2
-        fpr = np.mean([(g >= mid).mean() for g in groups])
-        lo, hi = (mid, hi) if fpr > target else (lo, mid)
-    return round(hi, 4)
+        lo, hi = (mid, hi) if fpr(mid) > target else (lo, mid)
+    return hi
+
+
+def macro_fpr_threshold(scores: np.ndarray, sources: np.ndarray, target: float) -> float:
+    """Smallest threshold whose mean per-source false-positive rate on safe rows is <= target."""
+    groups = [scores[sources == s] for s in np.unique(sources)]
+    return round(lowest_threshold(lambda t: np.mean([(g >= t).mean() for g in groups]), target), 4)
 
 
 def category_thresholds(harm: np.ndarray, top: np.ndarray, sources: np.ndarray, target: float, default: float,
@@ -94,11 +98,8 @@ def category_thresholds(harm: np.ndarray, top: np.ndarray, sources: np.ndarray, 
         if group.sum() < min_rows:
             continue
         scores, w = harm[group], weight[group]
-        lo, hi = 0.0, 1.0
-        for _ in range(30):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if (w * (scores >= mid)).sum() / w.sum() > target else (lo, mid)
-        out[category] = round(min(max(hi, default / spread), default * spread, 0.99), 4)
+        t = lowest_threshold(lambda x: (w * (scores >= x)).sum() / w.sum(), target)
+        out[category] = round(min(max(t, default / spread), default * spread, 0.99), 4)
     return out
 
 

@@ -51,7 +51,8 @@ def scores_from(categories: Sequence[Category], unsafe: float) -> Scores:
 
 
 def parse_llama_guard(text: str, p_unsafe: float | None = None) -> Scores:
-    head, _, rest = text.strip().partition("\n") if "\n" in text.strip() else text.strip().partition(" ")
+    answer = text.strip()
+    head, _, rest = answer.partition("\n" if "\n" in answer else " ")  # some servers trim it to one line
     head = head.strip().lower()
     if head not in ("safe", "unsafe"):
         raise JudgeError(f"not a Llama Guard answer: {text[:80]!r}")

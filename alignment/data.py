@@ -28,7 +28,7 @@ import gzip
 import itertools
 import json
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +41,9 @@ BENIGN_TRAIN = ("own_inputs_everyday", "own_inputs_benign_lookalikes", "coconot_
                 "do_not_answer", "rho_overrefusal", "rho_refusal_benign", "own_inputs_direct_pairs",
                 "own_inputs_sensitive_benign", "own_inputs_instruction_shapes")
 EVAL_ONLY = ("jbb_harmful", "jbb_benign", "jade_v1", "xstest")
+# The project's own demonstrations: helpful answers written for benign training prompts where the
+# base model cannot give one (SmolLM2-135M's Chinese is not fluent enough to learn from).
+OWN_DEMOS = Path(__file__).parent / "demonstrations"
 
 
 @dataclass(frozen=True)
@@ -128,16 +131,19 @@ LOOKALIKE_SOURCES = ("own_inputs_benign_lookalikes", "rho_overrefusal", "rho_ref
 
 
 def balanced(prompts: Sequence[Prompt], n: int, seed: int = 0, zh_share: float = 0.3, harmful_share: float = 0.5,
-             lookalike_share: float = 0.0) -> list[Prompt]:
+             lookalike_share: float = 0.0, preferred: Collection[str] = ()) -> list[Prompt]:
     """Up to n prompts: `harmful_share` of them harmful, about `zh_share` of each side Chinese, and
     `lookalike_share` of the benign side drawn first from benign prompts that look harmful
-    (LOOKALIKE_SOURCES), so that refusing everything alarming does not pay."""
+    (LOOKALIKE_SOURCES), so that refusing everything alarming does not pay. Within each group the
+    `preferred` texts (those with an own demonstration) are drawn first."""
     rng = random.Random(seed)
+    preferred = set(preferred)
     out: list[Prompt] = []
     for harmful, side in ((True, harmful_share), (False, 1 - harmful_share)):
         for lang, share in (("zh", zh_share), ("en", 1 - zh_share)):
             pool = [p for p in prompts if p.harmful == harmful and p.lang == lang]
             rng.shuffle(pool)
+            pool.sort(key=lambda p: p.text not in preferred)  # stable: shuffled order within each part
             want = round(n * side * share)
             if not harmful and lookalike_share > 0:
                 looks = [p for p in pool if p.source in LOOKALIKE_SOURCES][: round(want * lookalike_share)]
@@ -235,6 +241,11 @@ def ptx_texts(mirror: Path | None, extra_files: Sequence[Path] = (), limit: int 
     rng = random.Random(seed)
     rng.shuffle(texts)
     return texts[:limit]
+
+
+def own_demonstrations(folder: Path = OWN_DEMOS) -> dict[str, str]:
+    """prompt -> the project's own answer, from folder/*.jsonl rows {"prompt", "answer", "lang"}."""
+    return {r["prompt"]: r["answer"] for path in sorted(folder.glob("*.jsonl")) for r in read_jsonl(path)}
 
 
 def sft_rows(prompts: Sequence[Prompt], answers: dict[str, str]) -> list[dict]:

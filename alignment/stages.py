@@ -138,8 +138,9 @@ class Pipeline:
     def run_data(self, folder: Path) -> None:
         cfg = self.recipe.data
         prompts = D.load_prompts(cfg.mirror)
+        own = D.own_demonstrations()
         train = D.balanced(prompts.train, cfg.train_prompts, cfg.seed, cfg.zh_share, cfg.harmful_share,
-                           cfg.lookalike_share)
+                           cfg.lookalike_share, preferred=own)
         held = [p for p in prompts.eval if p.source != "xstest"]
         evals = D.balanced(held, self.recipe.data.eval_prompts, cfg.seed, cfg.zh_share)
         evals += [p for p in prompts.eval if p.source == "xstest" and not p.harmful][: self.recipe.eval.xstest_safe]
@@ -147,6 +148,7 @@ class Pipeline:
 
         # Base-model answers: helpful demonstrations for benign prompts (those the guard's output
         # check passes and that do not refuse) and the losing side of rankings for harmful ones.
+        # A benign prompt with an own demonstration learns that instead, ranked above them all.
         answers = self.base_answers([p.text for p in train], folder / "base_answers.jsonl")
         guard = self.guard()
         demos: dict[str, str] = {}
@@ -161,9 +163,11 @@ class Pipeline:
                 declined = [a for a in outs if a and is_refusal(a) and not verdicts[a]]
                 ranked = [[decline], declined, [a for a in outs if a and a not in declined]]
             else:
-                if passing:
+                if p.text in own:
+                    demos[p.text] = own[p.text]
+                elif passing:
                     demos[p.text] = passing[0]
-                ranked = [passing, others, [decline]]
+                ranked = [[own[p.text]] if p.text in own else [], passing, others, [decline]]
             pairs += D.ranking_pairs(p.text, [g for g in ranked if g], "rankings")
         public, skipped = D.public_pairs(cfg.mirror)
         random.Random(cfg.seed).shuffle(public)
@@ -181,7 +185,9 @@ class Pipeline:
             "prompts_train": count(train, lambda p: f"{'harmful' if p.harmful else 'benign'}_{p.lang}"),
             "prompts_eval": count(evals, lambda p: f"{p.source}_{'harmful' if p.harmful else 'benign'}"),
             "demonstrations": {"refusals": sum(p.harmful and p.text in demos for p in train),
-                               "base_answers_kept": sum(not p.harmful and p.text in demos for p in train),
+                               "own_answers": sum(not p.harmful and p.text in own for p in train),
+                               "base_answers_kept": sum(not p.harmful and p.text in demos and p.text not in own
+                                                        for p in train),
                                "benign_prompts": sum(not p.harmful for p in train)},
             "pairs_train": count(pairs_train, lambda p: p.source), "pairs_dev": count(pairs_dev, lambda p: p.source),
             "ptx": {"train": min(len(ptx), cfg.ptx_texts), "eval": max(0, len(ptx) - cfg.ptx_texts)},

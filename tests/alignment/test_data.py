@@ -81,3 +81,17 @@ def test_a_share_of_the_dpo_rows_comes_from_harmful_rankings():
     assert len(out) == 20 and sum(r["prompt"][0]["content"].startswith("bomb") for r in out) == 10
     assert len({r["prompt"][0]["content"] for r in out}) == 20  # no row twice
     assert sum(r["prompt"][0]["content"].startswith("bomb") for r in D.share_sample(rows, harmful, 60, 0.9)) == 20
+
+
+def test_own_demonstrations_answer_benign_training_prompts_and_are_drawn_first():
+    demos = D.own_demonstrations()
+    prompts = D.load_prompts(default_mirror())
+    benign_train = {p.text for p in prompts.train if not p.harmful}
+    assert len(demos) >= 100
+    assert set(demos) <= benign_train  # never a harmful prompt, never an eval prompt
+    assert not [a for a in demos.values() if is_refusal(a) or len(a) < 40]
+    train = D.balanced(prompts.train, 500, harmful_share=0.3, lookalike_share=0.7, preferred=demos)
+    zh_benign = [p for p in train if p.lang == "zh" and not p.harmful]
+    assert zh_benign and all(p.text in demos for p in zh_benign)
+    plain = D.balanced(prompts.train, 500, harmful_share=0.3, lookalike_share=0.7)
+    assert [p.harmful for p in plain].count(True) == [p.harmful for p in train].count(True)

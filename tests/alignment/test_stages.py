@@ -15,6 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from alignment import data as D
 from alignment.recipe import Recipe
 from alignment.stages import Pipeline, guard_costs, last_checkpoint
 from serve import feedback_cli
@@ -120,6 +121,11 @@ def test_every_stage_runs_from_a_recipe(pipeline, tiny_model_dir, capsys):
     summary = json.loads((data / "summary.json").read_text())
     assert summary["demonstrations"]["refusals"] > 0 and summary["pairs_train"].get("rankings", 0) > 0
     assert summary["pairs_train"].get("feedback", 0) + summary["pairs_dev"].get("feedback", 0) == 1
+    own = D.own_demonstrations()  # Chinese benign prompts with an own answer are drawn first and taught it
+    sft_rows = [json.loads(line)["messages"] for line in (data / "sft.jsonl").read_text().splitlines()]
+    taught = [m for m in sft_rows if m[0]["content"] in own]
+    assert summary["demonstrations"]["own_answers"] == len(taught) > 0
+    assert all(m[1]["content"] == own[m[0]["content"]] for m in taught)
     base = weights(tiny_model_dir)
     for stage in ("sft", "ppo", "dpo"):  # every trained policy moved away from the base
         trained = weights(pipeline.model_dir(stage))

@@ -275,4 +275,5 @@ def preference_rows(pairs: Sequence[Pair]) -> list[dict]:
 
 
 __all__ = ["Prompt", "Pair", "Prompts", "load_prompts", "balanced", "ranking_pairs", "public_pairs", "split_pairs",
-           "ptx_texts", "sft_rows", "preference_rows", "share_sample", "read_jsonl", "write_jsonl"]
+           "ptx_texts", "own_demonstrations", "sft_rows", "preference_rows", "share_sample", "read_jsonl",
+           "write_jsonl"]

@@ -149,7 +149,8 @@ class Pipeline:
         # Base-model answers: helpful demonstrations for benign prompts (those the guard's output
         # check passes and that do not refuse) and the losing side of rankings for harmful ones.
         # A benign prompt with an own demonstration learns that instead; for the reward model it
-        # ranks above the refusal only (next to word salad it lost on length: see the README).
+        # ranks above the refusal only (ranked above the base answers too, the RM preferred their
+        # word salad and lost accuracy: see the README).
         answers = self.base_answers([p.text for p in train], folder / "base_answers.jsonl")
         guard = self.guard()
         demos: dict[str, str] = {}
@@ -166,11 +167,10 @@ class Pipeline:
             else:
                 if p.text in own:
                     demos[p.text] = own[p.text]
+                    pairs.append(D.Pair(p.text, own[p.text], decline, "rankings"))
                 elif passing:
                     demos[p.text] = passing[0]
                 ranked = [passing, others, [decline]]
-                if p.text in own:
-                    pairs.append(D.Pair(p.text, own[p.text], decline, "rankings"))
             pairs += D.ranking_pairs(p.text, [g for g in ranked if g], "rankings")
         public, skipped = D.public_pairs(cfg.mirror)
         random.Random(cfg.seed).shuffle(public)

@@ -13,7 +13,7 @@ benign prompts, look-alikes of harmful ones and Chinese. What goes where:
 - demonstrations: for harmful prompts, a refusal that says why and offers a safe alternative
   (alignment/refusal.py); for benign prompts, the base model's own answers that pass the guard's
   output check and are not refusals (self-distillation keeps what the base model can do).
-- comparisons: HH-RLHF harmless pairs (last exchange), JADE v3 (prompt, safe > unsafe) triples,
+- comparisons: HH-RLHF harmless pairs (one-exchange dialogues), JADE v3 (prompt, safe > unsafe) triples,
   CoCoNot preference pairs, and rankings of K answers per prompt built from demonstrations and base
   outputs (refusal > base output for harmful prompts, base answer > refusal for benign ones),
   turned into all K(K-1)/2 pairs as InstructGPT did; plus any exported feedback pairs.
@@ -165,13 +165,18 @@ def ranking_pairs(prompt: str, ranked: Sequence[Sequence[str]], source: str) -> 
 
 
 def hh_pairs(mirror: Path) -> Iterator[Pair]:
-    """HH-RLHF harmless-base: the last human turn and the two final assistant replies."""
+    """HH-RLHF harmless-base dialogues of one exchange: the human turn and the two assistant replies.
+    Longer dialogues are left out: their last turn alone ("Yes it is.", "Are they not") leaves the
+    preference without the context it was given in, which a single-turn reward model cannot learn."""
     with gzip.open(mirror / "hh_rlhf_harmless_base_test" / "test.jsonl.gz", "rt", encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
             head_c, _, chosen = row["chosen"].rpartition("\n\nAssistant:")
             head_r, _, rejected = row["rejected"].rpartition("\n\nAssistant:")
-            prompt = head_c.rpartition("\n\nHuman:")[2].strip()
+            before, _, prompt = head_c.rpartition("\n\nHuman:")
+            prompt = prompt.strip()
+            if before.strip() or "\n\nAssistant:" in before:
+                continue
             if head_c == head_r and prompt and chosen.strip() and rejected.strip() and chosen != rejected:
                 yield Pair(prompt, chosen.strip(), rejected.strip(), "hh_rlhf_harmless")
 

@@ -56,16 +56,21 @@ class SFTStage(TrainerStage):
     pass
 
 
-class RMStage(TrainerStage):
-    lr: float = 3e-5
+class PairStage(TrainerStage):
+    """A stage that trains on preference pairs."""
 
-
-class DPOStage(TrainerStage):
-    beta: float = Field(0.1, gt=0, description="Strength of the pull toward the reference.")
-    lr: float = 5e-6
     harmful_share: float | None = Field(
         None, ge=0, le=1, description="With max_rows: share of the rows drawn from the rankings of harmful "
         "prompts (refusal over compliance); the rest from every other pair. None: a plain seeded sample.")
+
+
+class RMStage(PairStage):
+    lr: float = 3e-5
+
+
+class DPOStage(PairStage):
+    beta: float = Field(0.1, gt=0, description="Strength of the pull toward the reference.")
+    lr: float = 5e-6
 
 
 class PPOStage(PPOConfig):

@@ -274,11 +274,20 @@ class Pipeline:
         model = AutoModelForSequenceClassification.from_pretrained(sft, num_labels=1, dtype=torch.float32)
         model.config.pad_token_id = tokenizer.pad_token_id
         args = RewardConfig(**self.common_args(folder, self.recipe.rm))
-        train = self.dataset("pairs_train.jsonl", self.recipe.rm.max_rows)
+        train = self.pairs(self.recipe.rm)
         trainer = RewardTrainer(model=model, args=args, train_dataset=train,
                                 processing_class=tokenizer, callbacks=[MetricsLog(folder / "metrics.jsonl", "rm")])
         self.finish_trainer(trainer, folder, tokenizer)
         self.rm_accuracy(folder)
+
+    def pairs(self, cfg):
+        """The training pairs of a pair stage: max_rows of them, harmful_share from refusal rankings if set."""
+        rows = None
+        if cfg.harmful_share is not None and cfg.max_rows is not None:
+            harmful = {p["text"] for p in D.read_jsonl(self.dir("data") / "prompts_train.jsonl") if p["harmful"]}
+            rows = D.share_sample(D.read_jsonl(self.dir("data") / "pairs_train.jsonl"), harmful, cfg.max_rows,
+                                  cfg.harmful_share, self.recipe.data.seed)
+        return self.dataset("pairs_train.jsonl", cfg.max_rows, rows)
 
     def rm_accuracy(self, folder: Path) -> dict:
         """Held-out pairwise accuracy, overall and per source."""
@@ -303,12 +312,7 @@ class Pipeline:
         tokenizer = self.tokenizer(sft)
         cfg = self.recipe.dpo
         args = DPOConfig(**self.common_args(folder, cfg), beta=cfg.beta)
-        rows = None
-        if cfg.harmful_share is not None and cfg.max_rows is not None:
-            harmful = {p["text"] for p in D.read_jsonl(self.dir("data") / "prompts_train.jsonl") if p["harmful"]}
-            rows = D.share_sample(D.read_jsonl(self.dir("data") / "pairs_train.jsonl"), harmful, cfg.max_rows,
-                                  cfg.harmful_share, self.recipe.data.seed)
-        train = self.dataset("pairs_train.jsonl", cfg.max_rows, rows)
+        train = self.pairs(cfg)
         trainer = DPOTrainer(model=str(sft), args=args, train_dataset=train,
                              processing_class=tokenizer, callbacks=[MetricsLog(folder / "metrics.jsonl", "dpo")])
         self.finish_trainer(trainer, folder, tokenizer)

@@ -95,3 +95,22 @@ def test_own_demonstrations_answer_benign_training_prompts_and_are_drawn_first()
     assert zh_benign and all(p.text in demos for p in zh_benign)
     plain = D.balanced(prompts.train, 500, harmful_share=0.3, lookalike_share=0.7)
     assert [p.harmful for p in plain].count(True) == [p.harmful for p in train].count(True)
+
+
+def test_hh_pairs_keep_one_exchange_dialogues_only(tmp_path):
+    import gzip
+    import json
+
+    def dialogue(*turns: str) -> str:
+        return "".join(f"\n\n{'Human' if i % 2 == 0 else 'Assistant'}: {t}" for i, t in enumerate(turns))
+
+    rows = [{"chosen": dialogue("How do I pick a lock?", "I can't help with that."),
+             "rejected": dialogue("How do I pick a lock?", "Insert a tension wrench.")},
+            {"chosen": dialogue("Is stealing bad?", "Yes.", "Are they not", "Not always."),
+             "rejected": dialogue("Is stealing bad?", "Yes.", "Are they not", "Sure they are.")}]
+    (tmp_path / "hh_rlhf_harmless_base_test").mkdir()
+    with gzip.open(tmp_path / "hh_rlhf_harmless_base_test" / "test.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = list(D.hh_pairs(tmp_path))
+    assert pairs == [D.Pair("How do I pick a lock?", "I can't help with that.", "Insert a tension wrench.",
+                            "hh_rlhf_harmless")]

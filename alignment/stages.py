@@ -8,6 +8,7 @@ import logging
 import random
 import shutil
 import time
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -156,8 +157,14 @@ class Pipeline:
         demos: dict[str, str] = {}
         pairs: list[D.Pair] = []
         verdicts = {a: guard.decide(a, "output").blocked for outs in answers for a in outs}
+        # A benign prompt's losing refusal borrows a harmful training prompt's category (by a stable
+        # hash), so that every refusal wording is on both sides of the line and the reward model has
+        # to read the prompt to rank it. With the generic wording only ever losing, PPO found a
+        # refusal that mixed it with a category's wording and outscored every answer (README).
+        categories = [p.category for p in train if p.harmful] or [None]
         for p, outs in zip(train, answers):
-            decline = refusal(p.category, p.lang)
+            decoy = categories[zlib.crc32(p.text.encode()) % len(categories)]
+            decline = refusal(p.category if p.harmful else decoy, p.lang)
             passing = [a for a in outs if a and not verdicts[a] and not is_refusal(a)]
             others = [a for a in outs if a and a not in passing]
             if p.harmful:

@@ -175,7 +175,7 @@ def hh_pairs(mirror: Path) -> Iterator[Pair]:
             head_r, _, rejected = row["rejected"].rpartition("\n\nAssistant:")
             before, _, prompt = head_c.rpartition("\n\nHuman:")
             prompt = prompt.strip()
-            if before.strip() or "\n\nAssistant:" in before:
+            if before.strip():
                 continue
             if head_c == head_r and prompt and chosen.strip() and rejected.strip() and chosen != rejected:
                 yield Pair(prompt, chosen.strip(), rejected.strip(), "hh_rlhf_harmless")

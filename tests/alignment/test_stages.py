@@ -126,10 +126,9 @@ def test_every_stage_runs_from_a_recipe(pipeline, tiny_model_dir, capsys):
     taught = [m for m in sft_rows if m[0]["content"] in own]
     assert summary["demonstrations"]["own_answers"] == len(taught) > 0
     assert all(m[1]["content"] == own[m[0]["content"]] for m in taught)
-    harmful = {json.loads(line)["text"] for line in (data / "prompts_train.jsonl").read_text().splitlines()
-               if json.loads(line)["harmful"]}
-    rankings = [json.loads(line) for name in ("pairs_train.jsonl", "pairs_dev.jsonl")
-                for line in (data / name).read_text().splitlines() if json.loads(line)["source"] == "rankings"]
+    harmful = {p["text"] for p in D.read_jsonl(data / "prompts_train.jsonl") if p["harmful"]}
+    rankings = [r for name in ("pairs_train.jsonl", "pairs_dev.jsonl") for r in D.read_jsonl(data / name)
+                if r["source"] == "rankings"]
     won = {r["chosen"][0]["content"] for r in rankings if r["prompt"][0]["content"] in harmful}
     lost = {r["rejected"][0]["content"] for r in rankings if r["prompt"][0]["content"] not in harmful}
     assert won & lost  # refusal wordings lose on benign prompts too: the RM must read the prompt

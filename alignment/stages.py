@@ -163,8 +163,8 @@ class Pipeline:
         # refusal that mixed it with a category's wording and outscored every answer (README).
         categories = [p.category for p in train if p.harmful] or [None]
         for p, outs in zip(train, answers):
-            decoy = categories[zlib.crc32(p.text.encode()) % len(categories)]
-            decline = refusal(p.category if p.harmful else decoy, p.lang)
+            category = p.category if p.harmful else categories[zlib.crc32(p.text.encode()) % len(categories)]
+            decline = refusal(category, p.lang)
             passing = [a for a in outs if a and not verdicts[a] and not is_refusal(a)]
             others = [a for a in outs if a and a not in passing]
             if p.harmful:

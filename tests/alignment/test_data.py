@@ -3,6 +3,8 @@ refusal demonstrations and the refusal detector (checked against PyRIT's human-s
 from __future__ import annotations
 
 import csv
+import gzip
+import json
 
 from alignment import data as D
 from alignment.refusal import refusal
@@ -98,9 +100,6 @@ def test_own_demonstrations_answer_benign_training_prompts_and_are_drawn_first()
 
 
 def test_hh_pairs_keep_one_exchange_dialogues_only(tmp_path):
-    import gzip
-    import json
-
     def dialogue(*turns: str) -> str:
         return "".join(f"\n\n{'Human' if i % 2 == 0 else 'Assistant'}: {t}" for i, t in enumerate(turns))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -25,7 +26,8 @@ from guard.classifiers.base import Classifier, score_readings
 from guard.classifiers.cascade import CascadeClassifier
 from guard.classifiers.encoder import EncoderClassifier
 from guard.classifiers.ngram import NgramClassifier, NgramConfig
-from guard.datasets import Corpus, Example, build_corpus
+from guard.datasets import Corpus, Example, build_corpus, dedup_key
+from guard.normalize import is_chinese
 from guard.refusal import is_refusal
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,36 @@ class TrainConfig:
     encoder: bool = True              # train the MiniLM stage and serve the cascade (n-gram, then MiniLM when unsure)
     encoder_cap: int = 400            # training rows per (source, label) for the encoder heads (embedding is the cost)
     per_category: bool = False        # also calibrate a threshold per hazard category (see category_thresholds)
+    openings: bool = True             # train the output direction on the first words of safe replies (see openings)
+
+
+OPENING_CHARS = 32             # openings are the prefixes a streamed reply is checked at before it is this long
+ZH_OPENINGS = (1, 2, 3, 4, 6, 8, 12, 16)  # characters: Chinese has no spaces, a streamed token is 1-3 of them
+
+
+def openings(rows: Sequence[Example]) -> list[Example]:
+    """The openings of the safe replies, labelled safe (source `output_openings`), as often as they
+    open a reply: a common opening weighs as much as it is seen at the start of a stream.
+
+    A streamed reply is checked from its first word on. Trained on whole replies only, the n-gram
+    stage flagged 11 of 43 common openings ("Here are some" 0.77, "Step" 0.71, "The" 0.90): a text
+    of a word or two has few n-grams, and whichever lean unsafe decide. The gate then held such a
+    start back until min_block_chars, which cost the time to first token. An opening decides nothing on its own: the
+    words that follow do, and every later release is checked with them."""
+    out: list[Example] = []
+    for e in rows:
+        if e.direction != "output" or e.unsafe:
+            continue
+        text = e.text.strip()
+        if is_chinese(text):
+            cuts = [n for n in ZH_OPENINGS if n < len(text)]
+        else:
+            cuts = [m.start() for m in re.finditer(r"\s+", text[: OPENING_CHARS + 1])]
+        for n in cuts:
+            prefix = text[:n].strip()
+            if dedup_key(prefix):
+                out.append(Example(prefix, False, None, e.lang, "output", "output_openings"))
+    return out
 
 
 def source_weights(rows: Sequence[Example], cap: int) -> np.ndarray:
@@ -193,7 +225,7 @@ def train(out_dir: Path, mirror: Path | None, config: TrainConfig = TrainConfig(
     corpus: Corpus = build_corpus(mirror, config.dev_fraction)
     steps.set_postfix_str(f"{len(corpus.train)} train / {len(corpus.dev)} dev / {len(corpus.eval)} eval rows")
     steps.update()
-    rows = corpus.train
+    rows = corpus.train + (openings(corpus.train) if config.openings else [])
     ngram = NgramClassifier.fit([e.text for e in rows], [e.direction for e in rows], [e.unsafe for e in rows],
                                 [e.category for e in rows], source_weights(rows, config.source_cap), config.ngram)
     model: Classifier = ngram
@@ -215,7 +247,8 @@ def train(out_dir: Path, mirror: Path | None, config: TrainConfig = TrainConfig(
         "counts": {split: dict(sorted(Counter(f"{e.source}:{'unsafe' if e.unsafe else 'safe'}" for e in rows_).items()))
                    for split, rows_ in (("train", corpus.train), ("dev", corpus.dev), ("eval", corpus.eval))},
         "thresholds": thresholds,
-        "metrics": {"dev": metrics_by_source(model, corpus.dev, thresholds)},
+        # Dev openings are measured (the rate at which a stream's start is held back), not calibrated on.
+        "metrics": {"dev": metrics_by_source(model, corpus.dev + openings(corpus.dev), thresholds)},
     }
     steps.update()
     card["metrics"]["eval"] = metrics_by_source(model, corpus.eval, thresholds)

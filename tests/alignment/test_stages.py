@@ -143,6 +143,8 @@ def test_every_stage_runs_from_a_recipe(pipeline, tiny_model_dir, capsys):
     assert (pipeline.dir("eval") / "eval.png").stat().st_size > 0
     accuracy = json.loads((pipeline.dir("rm") / "heldout_accuracy.json").read_text())
     assert accuracy["all"]["pairs"] > 0
+    pairs = json.loads((pipeline.dir("rm") / "pairs.json").read_text())  # pairs TRL drops for length, counted
+    assert pairs["max_length"] == 96 and 0 <= pairs["longer_rows_dropped"] < pairs["rows"]
     capsys.readouterr()
     pipeline.run()  # everything is done: nothing runs again
     assert capsys.readouterr().out.count("already done") == len(pipeline.recipe.stages)

@@ -183,6 +183,8 @@ def main() -> None:
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--leak-prompts", type=int, default=200, help="harmful prompts for the leak check (0: skip)")
     ap.add_argument("--leak-only", action="store_true", help="only the leak check (starts only the guarded server)")
+    ap.add_argument("--dump", type=Path, help="write the leak check's streams here (JSONL: prompt, released text, "
+                    "finish reason, refused at input) to read them")
     args = ap.parse_args()
 
     model_dir = ensure_default_model(default_cache_dir())
@@ -219,6 +221,11 @@ def main() -> None:
         report(runs, args)
     if streams:
         count_leaks(streams, artifact)
+    if args.dump:
+        with args.dump.open("w", encoding="utf-8") as f:
+            for prompt, text, finish, at_input in streams:
+                f.write(json.dumps({"prompt": prompt, "text": text, "finish_reason": finish, "refused_at_input": at_input},
+                                   ensure_ascii=False) + "\n")
 
 
 def report(runs: list[Run], args) -> None:

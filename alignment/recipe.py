@@ -66,6 +66,8 @@ class PairStage(TrainerStage):
 
 class RMStage(PairStage):
     lr: float = 3e-5
+    max_length: int = Field(384, ge=16, description="Tokens per pair side; TRL's RewardTrainer leaves longer "
+                            "pairs out of training (the stage writes how many to pairs.json).")
 
 
 class DPOStage(PairStage):

@@ -283,8 +283,8 @@ class Pipeline:
         cfg = self.recipe.rm
         args = RewardConfig(**self.common_args(folder, cfg))
         train = self.pairs(cfg)
-        # TRL's RewardTrainer drops (not truncates) a pair longer than max_length. Chinese text takes
-        # ~3x the tokens of English here: at 192 tokens a third of the pairs, most of the Chinese ones,
+        # TRL's RewardTrainer drops (not truncates) a pair longer than max_length. SmolLM2's tokenizer
+        # spends many tokens on Chinese: at 192 tokens a third of the pairs, most of the Chinese ones,
         # were silently left out. Say how many.
         longest = [max(len(tokenizer(tokenizer.apply_chat_template(r["prompt"] + r[side], tokenize=False),
                                      add_special_tokens=False).input_ids) for side in ("chosen", "rejected"))

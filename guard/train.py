@@ -26,6 +26,7 @@ from guard.classifiers.base import Classifier, score_readings
 from guard.classifiers.cascade import CascadeClassifier
 from guard.classifiers.encoder import EncoderClassifier
 from guard.classifiers.ngram import NgramClassifier, NgramConfig
+from guard.config import GuardSettings
 from guard.datasets import Corpus, Example, build_corpus, dedup_key
 from guard.normalize import is_chinese
 from guard.refusal import is_refusal
@@ -54,7 +55,9 @@ class TrainConfig:
     openings: bool = True             # train the output direction on the first words of safe replies (see openings)
 
 
-OPENING_CHARS = 32             # openings are the prefixes a streamed reply is checked at before it is this long
+# Openings are the prefixes a streamed reply is checked at while it is shorter than the gate's
+# min_block_chars (a flagged one is held back until it is that long).
+OPENING_CHARS: int = GuardSettings.model_fields["min_block_chars"].default
 ZH_OPENINGS = (1, 2, 3, 4, 6, 8, 12, 16)  # characters: Chinese has no spaces, a streamed token is 1-3 of them
 
 
@@ -65,8 +68,8 @@ def openings(rows: Sequence[Example]) -> list[Example]:
     A streamed reply is checked from its first word on. Trained on whole replies only, the n-gram
     stage flagged 11 of 43 common openings ("Here are some" 0.77, "Step" 0.71, "The" 0.90): a text
     of a word or two has few n-grams, and whichever lean unsafe decide. The gate then held such a
-    start back until min_block_chars, which cost the time to first token. An opening decides nothing on its own: the
-    words that follow do, and every later release is checked with them."""
+    start back until min_block_chars, which cost the time to first token. An opening decides nothing
+    on its own: the words that follow do, and every later release is checked with them."""
     out: list[Example] = []
     for e in rows:
         if e.direction != "output" or e.unsafe:

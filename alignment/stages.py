@@ -283,20 +283,17 @@ class Pipeline:
         cfg = self.recipe.rm
         args = RewardConfig(**self.common_args(folder, cfg))
         train = self.pairs(cfg)
+        trainer = RewardTrainer(model=model, args=args, train_dataset=train,
+                                processing_class=tokenizer, callbacks=[MetricsLog(folder / "metrics.jsonl", "rm")])
         # TRL's RewardTrainer drops (not truncates) a pair longer than max_length. SmolLM2's tokenizer
         # spends many tokens on Chinese: at 192 tokens a third of the pairs, most of the Chinese ones,
-        # were silently left out. Say how many.
-        longest = [max(len(tokenizer(tokenizer.apply_chat_template(r["prompt"] + r[side], tokenize=False),
-                                     add_special_tokens=False).input_ids) for side in ("chosen", "rejected"))
-                   for r in train]
-        dropped = sum(n > cfg.max_length for n in longest)
+        # were silently left out. Say how many (its train_dataset is what is left).
+        dropped = len(train) - len(trainer.train_dataset)
         (folder / "pairs.json").write_text(json.dumps({"rows": len(train), "max_length": cfg.max_length,
                                                         "longer_rows_dropped": dropped}))
         if dropped:
             tqdm.write(f"rm: {dropped} of {len(train)} pairs are longer than max_length {cfg.max_length} tokens "
                        f"and are left out of training (TRL's RewardTrainer drops them)")
-        trainer = RewardTrainer(model=model, args=args, train_dataset=train,
-                                processing_class=tokenizer, callbacks=[MetricsLog(folder / "metrics.jsonl", "rm")])
         self.finish_trainer(trainer, folder, tokenizer)
         self.rm_accuracy(folder)
 

@@ -32,6 +32,17 @@ def text_of(tokens: int, base: str) -> str:
     return words[: tokens * 4] if base is EN else words[: int(tokens * 1.5)]
 
 
+def timings(call, repeats: int) -> list[float]:
+    """Milliseconds of `repeats` calls, after one untimed warm-up call."""
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=300)
@@ -44,12 +55,7 @@ def main() -> None:
             for lang, base in (("en", EN), ("zh", ZH)):
                 text = text_of(tokens, base)
                 for direction in ("input", "output"):
-                    guard.decide(text, direction)
-                    times = []
-                    for _ in range(args.repeats):
-                        start = time.perf_counter()
-                        guard.decide(text, direction)
-                        times.append((time.perf_counter() - start) * 1000)
+                    times = timings(lambda: guard.decide(text, direction), args.repeats)
                     q = statistics.quantiles(times, n=100)
                     print(f"{tokens:>6} {lang:>4} {direction:>6} | {statistics.median(times):>7.3f} {q[98]:>7.3f}")
         print("\nMiniLM encoder alone, one text (the stage English inputs reach when the n-gram stage is unsure):")
@@ -59,13 +65,7 @@ def main() -> None:
             text = text_of(tokens, EN)
             p50 = {}
             for name, embed in encoders.items():
-                embed([text])
-                times = []
-                for _ in range(args.repeats):
-                    start = time.perf_counter()
-                    embed([text])
-                    times.append((time.perf_counter() - start) * 1000)
-                p50[name] = statistics.median(times)
+                p50[name] = statistics.median(timings(lambda: embed([text]), args.repeats))
             print(f"{tokens:>6} | {p50['bf16']:>8.3f} {p50['int8']:>8.3f} {p50['bf16'] / p50['int8']:>7.2f}x")
         batch = [text_of(64, EN), text_of(64, ZH)] * 128
         start = time.perf_counter()

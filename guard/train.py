@@ -2,7 +2,8 @@
 dev rows for a target false-positive rate, evaluate per source, and write the artifact folder:
 
     ngram.joblib      the fast stage's weights
-    encoder_heads.joblib  the MiniLM stage's heads (the cascade consults it when the fast stage is unsure)
+    encoder/          the fine-tuned MiniLM encoder (the cascade consults it when the fast stage is unsure)
+    encoder_heads.joblib  its heads
     thresholds.json   per direction and head
     card.json/.md     data sources, counts, splits, metrics
 """
@@ -12,6 +13,7 @@ import hashlib
 import json
 import logging
 import re
+import shutil
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -24,7 +26,7 @@ from tqdm import tqdm
 
 from guard.classifiers.base import Classifier, score_readings
 from guard.classifiers.cascade import CascadeClassifier
-from guard.classifiers.encoder import EncoderClassifier
+from guard.classifiers.encoder import ENCODER_DIR, Embedder, EncoderClassifier, FinetuneConfig, finetune
 from guard.classifiers.ngram import NgramClassifier, NgramConfig
 from guard.config import GuardSettings
 from guard.datasets import Corpus, Example, build_corpus, dedup_key
@@ -50,7 +52,8 @@ class TrainConfig:
     source_cap: int = 1500            # a source's rows weigh as at most this many, so big sets do not drown small ones
     ngram: NgramConfig = field(default_factory=NgramConfig)
     encoder: bool = True              # train the MiniLM stage and serve the cascade (n-gram, then MiniLM when unsure)
-    encoder_cap: int = 400            # training rows per (source, label) for the encoder heads (embedding is the cost)
+    encoder_cap: int = 400            # training rows per (source, label) for the encoder and its heads
+    finetune: FinetuneConfig | None = field(default_factory=FinetuneConfig)  # None: heads on the packaged encoder
     per_category: bool = False        # also calibrate a threshold per hazard category (see category_thresholds)
     openings: bool = True             # train the output direction on the first words of safe replies (see openings)
 
@@ -221,10 +224,31 @@ def metrics_by_source(model: Classifier, rows: Sequence[Example], thresholds: di
     return out
 
 
+def train_encoder(rows: Sequence[Example], folder: Path, config: TrainConfig) -> EncoderClassifier:
+    """The MiniLM stage: the encoder fine-tuned on English input rows (the only ones the cascade sends
+    it), written to `folder / ENCODER_DIR`, then heads fit on its int8 embeddings of every row."""
+    sample = capped(rows, config.encoder_cap)
+    weights = source_weights(sample, config.encoder_cap)
+    embedder = None
+    if config.finetune is not None:
+        tune = [i for i, e in enumerate(sample) if e.direction == "input" and e.lang != "zh"]
+        injection = [sample[i].category == "prompt_injection" for i in tune]
+        harm = [None if inj else sample[i].unsafe for i, inj in zip(tune, injection)]
+        path = finetune([sample[i].text for i in tune], harm, injection, weights[tune], folder / ENCODER_DIR,
+                        config.finetune)
+        embedder = Embedder(path)
+    return EncoderClassifier.fit([e.text for e in sample], [e.direction for e in sample], [e.unsafe for e in sample],
+                                 [e.category for e in sample], weights, embedder)
+
+
 def train(out_dir: Path, mirror: Path | None, config: TrainConfig = TrainConfig(), fingerprint: str | None = None) -> dict:
-    """Train, calibrate, evaluate and write the artifact folder; returns the card."""
+    """Train, calibrate, evaluate and write the artifact folder; returns the card. The artifact is built
+    in a staging folder beside `out_dir` and swapped in at the end: a failed run leaves the old one whole."""
     steps = tqdm(total=5, desc="guard train", unit="step")
     started = time.time()
+    staging = out_dir.with_name(out_dir.name + ".building")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     corpus: Corpus = build_corpus(mirror, config.dev_fraction)
     steps.set_postfix_str(f"{len(corpus.train)} train / {len(corpus.dev)} dev / {len(corpus.eval)} eval rows")
     steps.update()
@@ -234,10 +258,7 @@ def train(out_dir: Path, mirror: Path | None, config: TrainConfig = TrainConfig(
     model: Classifier = ngram
     encoder = None
     if config.encoder:
-        sample = capped(rows, config.encoder_cap)
-        encoder = EncoderClassifier.fit([e.text for e in sample], [e.direction for e in sample],
-                                        [e.unsafe for e in sample], [e.category for e in sample],
-                                        source_weights(sample, config.encoder_cap))
+        encoder = train_encoder(rows, staging, config)
         model = CascadeClassifier(ngram, encoder)
     steps.update()
     thresholds = calibrate(model, corpus.dev, config.target_fpr, config.per_category)
@@ -256,13 +277,18 @@ def train(out_dir: Path, mirror: Path | None, config: TrainConfig = TrainConfig(
     steps.update()
     card["metrics"]["eval"] = metrics_by_source(model, corpus.eval, thresholds)
     card["train_seconds"] = round(time.time() - started, 1)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ngram.save(out_dir)
+    ngram.save(staging)
     if encoder is not None:
-        encoder.save(out_dir)
-    (out_dir / THRESHOLDS_FILE).write_text(json.dumps(thresholds, indent=2))
-    (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2, ensure_ascii=False))
-    (out_dir / "card.md").write_text(card_markdown(card))
+        encoder.save(staging)
+    (staging / THRESHOLDS_FILE).write_text(json.dumps(thresholds, indent=2))
+    (staging / CARD_FILE).write_text(json.dumps(card, indent=2, ensure_ascii=False))
+    (staging / "card.md").write_text(card_markdown(card))
+    old = out_dir.with_name(out_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(old)
+    staging.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
     steps.update()
     steps.close()
     return card

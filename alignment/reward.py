@@ -1,6 +1,7 @@
 """Scoring with a trained reward model (a sequence classifier with one scalar output)."""
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -8,9 +9,29 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 
+SETTINGS_FILE = "reward.json"  # how the model reads replies, written beside its weights by the rm stage
+
+
+def cut(tokenizer, texts: Sequence[str], tokens: int | None) -> list[str]:
+    """Each text cut to its first `tokens` tokens (None: whole)."""
+    if tokens is None:
+        return list(texts)
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return [t if len(i) <= tokens else tokenizer.decode(i[:tokens]) for t, i in zip(texts, ids)]
+
+
+def save_settings(folder: Path, response_tokens: int | None) -> None:
+    (folder / SETTINGS_FILE).write_text(json.dumps({"response_tokens": response_tokens}))
+
+
 class RewardModel:
+    """Scores (prompt, reply) pairs. A model trained on replies cut to their first N tokens (see the rm
+    stage's `response_tokens`) reads replies cut the same way: its folder says so."""
+
     def __init__(self, folder: Path, max_length: int = 512, batch_size: int = 16, bf16: bool = True):
         self.bf16 = bf16
+        settings = Path(folder) / SETTINGS_FILE
+        self.response_tokens = json.loads(settings.read_text())["response_tokens"] if settings.is_file() else None
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.tokenizer.padding_side = "right"
         self.model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=torch.float32).eval()
@@ -20,6 +41,7 @@ class RewardModel:
 
     def texts(self, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
         """The conversations as the reward trainer saw them (chat template, no generation prompt)."""
+        responses = cut(self.tokenizer, responses, self.response_tokens)
         return [self.tokenizer.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": r}],
                                                    tokenize=False) for p, r in zip(prompts, responses)]
 

@@ -19,6 +19,7 @@ from transformers import AutoTokenizer, TrainerCallback
 from alignment import data as D
 from alignment.recipe import Recipe
 from alignment.refusal import refusal
+from alignment.reward import cut, save_settings
 from guard.refusal import is_refusal
 
 log = logging.getLogger(__name__)
@@ -283,18 +284,31 @@ class Pipeline:
         cfg = self.recipe.rm
         args = RewardConfig(**self.common_args(folder, cfg))
         train = self.pairs(cfg)
+        given = len(train)
+        if cfg.response_tokens is not None:
+            # The model reads each reply's first response_tokens tokens (PPO's replies are max_new_tokens
+            # long): pairs are half as long, so two epochs cost what one did, and the second one is what
+            # taught it to read the prompt (README, "The reward model").
+            train = train.map(lambda row: {side: [{**row[side][0], "content": cut(tokenizer, [row[side][0]["content"]],
+                                                                               cfg.response_tokens)[0]}]
+                                          for side in ("chosen", "rejected")})
+            train = train.filter(lambda row: row["chosen"][0]["content"] != row["rejected"][0]["content"])
+            tqdm.write(f"rm: replies cut to {cfg.response_tokens} tokens; {given - len(train)} of {given} pairs "
+                       "tie after the cut and are left out")
         trainer = RewardTrainer(model=model, args=args, train_dataset=train,
                                 processing_class=tokenizer, callbacks=[MetricsLog(folder / "metrics.jsonl", "rm")])
         # TRL's RewardTrainer drops (not truncates) a pair longer than max_length. SmolLM2's tokenizer
         # spends many tokens on Chinese: at 192 tokens a third of the pairs, most of the Chinese ones,
         # were silently left out. Say how many (its train_dataset is what is left).
         dropped = len(train) - len(trainer.train_dataset)
-        (folder / "pairs.json").write_text(json.dumps({"rows": len(train), "max_length": cfg.max_length,
-                                                        "longer_rows_dropped": dropped}))
+        (folder / "pairs.json").write_text(json.dumps({"rows": given, "response_tokens": cfg.response_tokens,
+                                                        "tied_after_cut": given - len(train),
+                                                        "max_length": cfg.max_length, "longer_rows_dropped": dropped}))
         if dropped:
             tqdm.write(f"rm: {dropped} of {len(train)} pairs are longer than max_length {cfg.max_length} tokens "
                        f"and are left out of training (TRL's RewardTrainer drops them)")
         self.finish_trainer(trainer, folder, tokenizer)
+        save_settings(folder / "model", cfg.response_tokens)
         self.rm_accuracy(folder)
 
     def pairs(self, cfg):

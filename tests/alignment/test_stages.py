@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from alignment import data as D
 from alignment.recipe import Recipe
+from alignment.reward import RewardModel
 from alignment.stages import Pipeline, guard_costs, last_checkpoint
 from serve import feedback_cli
 from serve.feedback import FeedbackStore
@@ -26,7 +27,7 @@ TINY_RECIPE = {
     "data": {"train_prompts": 16, "eval_prompts": 8, "base_samples": 2, "answer_tokens": 12, "max_public_pairs": 24,
              "ptx_texts": 20},
     "sft": {"epochs": 1, "batch_size": 4, "max_length": 96, "lr": 1e-3},
-    "rm": {"epochs": 1, "batch_size": 4, "max_length": 96},
+    "rm": {"epochs": 1, "batch_size": 4, "max_length": 96, "response_tokens": 8},
     "ppo": {"iterations": 2, "batch_size": 4, "mini_batch_size": 2, "epochs": 1, "max_new_tokens": 8,
             "ptx_max_len": 16, "ptx_batch_size": 2, "vllm_dtype": "float32", "save_every": 1, "guard_cost": 1.0,
             "refusal_cost": 1.0},
@@ -145,6 +146,12 @@ def test_every_stage_runs_from_a_recipe(pipeline, tiny_model_dir, capsys):
     assert accuracy["all"]["pairs"] > 0
     pairs = json.loads((pipeline.dir("rm") / "pairs.json").read_text())  # pairs TRL drops for length, counted
     assert pairs["max_length"] == 96 and 0 <= pairs["longer_rows_dropped"] < pairs["rows"]
+    assert pairs["response_tokens"] == 8 and 0 <= pairs["tied_after_cut"] < pairs["rows"]
+    rm = RewardModel(pipeline.model_dir("rm"))  # reads replies as it was trained to: their first 8 tokens
+    assert rm.response_tokens == 8
+    reply = "Sure, here are some ideas: one, two, three, four, five, six, seven and eight."
+    assert torch.equal(rm.score(["Any ideas?"], [reply]), rm.score(["Any ideas?"], [reply + " Nine, ten, eleven."]))
+    assert not torch.equal(rm.score(["Any ideas?"], [reply]), rm.score(["Any ideas?"], ["No. " + reply]))
     capsys.readouterr()
     pipeline.run()  # everything is done: nothing runs again
     assert capsys.readouterr().out.count("already done") == len(pipeline.recipe.stages)
@@ -166,8 +173,6 @@ def test_reward_model_learns_a_learnable_preference(tmp_path, tiny_model_dir):
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
-
-    from alignment.reward import RewardModel
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)

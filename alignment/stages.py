@@ -287,8 +287,8 @@ class Pipeline:
         given = len(train)
         if cfg.response_tokens is not None:
             # The model reads each reply's first response_tokens tokens (PPO's replies are max_new_tokens
-            # long): pairs are half as long, so two epochs cost what one did, and the second one is what
-            # taught it to read the prompt (README, "The reward model").
+            # long): pairs are half as long, so two epochs cost what one of whole replies did. Together
+            # they taught it to read the prompt (README, "The reward model reads the prompt now").
             train = train.map(lambda row: {side: [{**row[side][0], "content": cut(tokenizer, [row[side][0]["content"]],
                                                                                cfg.response_tokens)[0]}]
                                           for side in ("chosen", "rejected")})

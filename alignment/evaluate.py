@@ -34,32 +34,44 @@ COLUMNS = {
 }
 
 
+BATCH = 8
+
+
+def by_length(lengths: list[int], batch_size: int = BATCH) -> list[list[int]]:
+    """Indices in batches of like lengths, so that padding stays small."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 @torch.no_grad()
 def answer_logprob(model, tokenizer, prompts: list[str], answers: list[str]) -> torch.Tensor:
     """Sum of log p(answer tokens | prompt) per answer."""
-    out = []
-    for p, a in zip(prompts, answers):
-        prompt = chat_prompt_ids(tokenizer, p)[-1024:]
-        answer = tokenizer.encode(a, add_special_tokens=False)[:256] or [tokenizer.eos_token_id]
-        ids = torch.tensor([prompt + answer])
+    from alignment.ppo.trainer import Batch, reference_logprobs
+
+    prompt_ids = [chat_prompt_ids(tokenizer, p)[-1024:] for p in prompts]
+    answer_ids = [tokenizer.encode(a, add_special_tokens=False)[:256] or [tokenizer.eos_token_id] for a in answers]
+    out = torch.empty(len(prompts))
+    for idx in by_length([len(p) + len(a) for p, a in zip(prompt_ids, answer_ids)]):
+        batch = Batch.build([prompt_ids[i] for i in idx], [answer_ids[i] for i in idx], tokenizer.pad_token_id)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(ids, use_cache=False).logits[0, len(prompt) - 1:-1]
-        logp = torch.log_softmax(logits.float(), -1)
-        out.append(logp.gather(-1, torch.tensor(answer)[:, None]).sum())
-    return torch.stack(out)
+            out[idx] = reference_logprobs(model, batch).float().sum(1)
+    return out
 
 
 @torch.no_grad()
 def perplexity(model, tokenizer, texts: list[str], max_len: int = 256) -> float:
+    ids = [i for i in (tokenizer.encode(t, add_special_tokens=False)[:max_len] for t in texts) if len(i) >= 2]
     nll, tokens = 0.0, 0
-    for text in texts:
-        ids = tokenizer.encode(text, add_special_tokens=False)[:max_len]
-        if len(ids) < 2:
-            continue
+    for idx in by_length([len(i) for i in ids]):
+        rows = [ids[i] for i in idx]
+        width = max(map(len, rows))
+        input_ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(torch.tensor([ids]), labels=torch.tensor([ids]), use_cache=False).loss.float()
-        nll += loss.item() * (len(ids) - 1)
-        tokens += len(ids) - 1
+            logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+        logp = torch.log_softmax(logits, -1).gather(-1, input_ids[:, 1:, None])[..., 0]
+        nll -= (logp * mask[:, 1:]).sum().item()
+        tokens += int(mask[:, 1:].sum())
     return math.exp(nll / max(tokens, 1))
 
 

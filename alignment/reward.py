@@ -48,13 +48,17 @@ class RewardModel:
     @torch.no_grad()
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         texts = self.texts(prompts, responses)
-        scores = []
-        for start in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(texts[start: start + self.batch_size], return_tensors="pt", padding=True,
-                                 truncation=True, max_length=self.max_length, add_special_tokens=False)
+        if not texts:
+            return torch.zeros(0)
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length, add_special_tokens=False)["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # batches of like lengths: little padding
+        scores = torch.empty(len(ids))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start: start + self.batch_size]
+            enc = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-                scores.append(self.model(**enc).logits[:, 0].float())
-        return torch.cat(scores) if scores else torch.zeros(0)
+                scores[idx] = self.model(**enc).logits[:, 0].float()
+        return scores
 
     def accuracy(self, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str]) -> float:
         """Pairwise accuracy: how often the chosen answer outscores the rejected one."""

@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignment import data as D
 from alignment.generate import Generator, chat_prompt_ids
+from alignment.reward import RewardModel, by_length
 from guard.refusal import is_refusal
 
 POLICIES = ("base", "sft", "ppo", "dpo")
@@ -34,13 +35,7 @@ COLUMNS = {
 }
 
 
-BATCH = 8
-
-
-def by_length(lengths: list[int], batch_size: int = BATCH) -> list[list[int]]:
-    """Indices in batches of like lengths, so that padding stays small."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+BATCH = 8  # rows per forward pass in the log-probability and perplexity passes
 
 
 @torch.no_grad()
@@ -51,7 +46,7 @@ def answer_logprob(model, tokenizer, prompts: list[str], answers: list[str]) -> 
     prompt_ids = [chat_prompt_ids(tokenizer, p)[-1024:] for p in prompts]
     answer_ids = [tokenizer.encode(a, add_special_tokens=False)[:256] or [tokenizer.eos_token_id] for a in answers]
     out = torch.empty(len(prompts))
-    for idx in by_length([len(p) + len(a) for p, a in zip(prompt_ids, answer_ids)]):
+    for idx in by_length([len(p) + len(a) for p, a in zip(prompt_ids, answer_ids)], BATCH):
         batch = Batch.build([prompt_ids[i] for i in idx], [answer_ids[i] for i in idx], tokenizer.pad_token_id)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out[idx] = reference_logprobs(model, batch).float().sum(1)
@@ -62,7 +57,7 @@ def answer_logprob(model, tokenizer, prompts: list[str], answers: list[str]) -> 
 def perplexity(model, tokenizer, texts: list[str], max_len: int = 256) -> float:
     ids = [i for i in (tokenizer.encode(t, add_special_tokens=False)[:max_len] for t in texts) if len(i) >= 2]
     nll, tokens = 0.0, 0
-    for idx in by_length([len(i) for i in ids]):
+    for idx in by_length([len(i) for i in ids], BATCH):
         rows = [ids[i] for i in idx]
         width = max(map(len, rows))
         input_ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
@@ -76,8 +71,6 @@ def perplexity(model, tokenizer, texts: list[str], max_len: int = 256) -> float:
 
 
 def evaluate(pipeline, folder: Path) -> dict[str, dict[str, float]]:
-    from alignment.reward import RewardModel
-
     cfg = pipeline.recipe.eval
     prompts = D.read_jsonl(pipeline.dir("data") / "prompts_eval.jsonl")
     texts = [p["text"] for p in prompts]

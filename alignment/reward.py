@@ -12,6 +12,12 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 SETTINGS_FILE = "reward.json"  # how the model reads replies, written beside its weights by the rm stage
 
 
+def by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices in batches of like lengths, so that padding stays small."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def cut(tokenizer, texts: Sequence[str], tokens: int | None) -> list[str]:
     """Each text cut to its first `tokens` tokens (None: whole)."""
     if tokens is None:
@@ -51,10 +57,8 @@ class RewardModel:
         if not texts:
             return torch.zeros(0)
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_length, add_special_tokens=False)["input_ids"]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # batches of like lengths: little padding
         scores = torch.empty(len(ids))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start: start + self.batch_size]
+        for idx in by_length([len(i) for i in ids], self.batch_size):
             enc = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
                 scores[idx] = self.model(**enc).logits[:, 0].float()

@@ -25,6 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--target-fpr", type=float, default=0.05, help="calibration target (default: %(default)s)")
     train.add_argument("--per-category-thresholds", action="store_true",
                        help="also calibrate one threshold per hazard category (measured worse on held-out sets)")
+    train.add_argument("--pooled-languages", action="store_true",
+                       help="one input harm threshold for Chinese and English text, not one per language")
+    train.add_argument("--encoder-layers", type=int, default=None, choices=range(1, 7), metavar="N",
+                       help="keep the first N of MiniLM's 6 layers (3: half the latency, a worse XSTest; see README)")
     check = sub.add_parser("check", help="classify texts given as arguments (or lines on stdin)")
     check.add_argument("texts", nargs="*")
     check.add_argument("--direction", choices=["input", "output"], default="input")
@@ -43,9 +47,12 @@ def main(args: Sequence[str]) -> int:
     opts = _parser().parse_args(list(args))
     if opts.command == "train":
         from guard.artifact import fingerprint
+        from guard.classifiers.encoder import FinetuneConfig
         from guard.train import TrainConfig, train
 
-        card = train(opts.out, opts.data_mirror, TrainConfig(target_fpr=opts.target_fpr, per_category=opts.per_category_thresholds), fingerprint())
+        config = TrainConfig(target_fpr=opts.target_fpr, per_category=opts.per_category_thresholds,
+                             per_language=not opts.pooled_languages, finetune=FinetuneConfig(layers=opts.encoder_layers))
+        card = train(opts.out, opts.data_mirror, config, fingerprint())
         print((opts.out / "card.md").read_text())
         print(f"artifact written to {opts.out} ({card['train_seconds']} s)")
         return 0

@@ -48,7 +48,8 @@ def plot_pr_curves(model, rows, thresholds, path: Path) -> None:
             y = np.array([e.unsafe for e in group])
             if y.all() or not y.any():
                 continue
-            _, ranking = blocked(score_readings(model, [e.text for e in group], direction), direction, thresholds)
+            texts = [e.text for e in group]
+            _, ranking = blocked(texts, score_readings(model, texts, direction), direction, thresholds)
             precision, recall, _ = precision_recall_curve(y, ranking)
             ax.plot(recall, precision, label=name)
         ax.set(title=f"{direction} direction", xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))

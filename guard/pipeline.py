@@ -19,9 +19,10 @@ from guard.classifiers.cascade import load_classifier
 from guard.classifiers.rules import PIIRules
 from guard.config import GuardSettings
 from guard.interface import Action, Message, Release, Verdict
+from guard.normalize import is_chinese
 from guard.refusal import is_refusal
 from guard.taxonomy import Category
-from guard.train import THRESHOLDS_FILE, harm_threshold
+from guard.train import THRESHOLDS_FILE, for_language, harm_threshold
 
 log = logging.getLogger(__name__)
 # Called after every decision: (direction, verdict, seconds spent, text). The server counts and audits.
@@ -88,7 +89,7 @@ class GuardPipeline:
         return verdict
 
     def _verdict(self, text: str, scores: Scores, direction: Direction, injection: bool) -> Verdict:
-        t = self.thresholds[direction]
+        t = for_language(self.thresholds[direction], is_chinese(text))
         shown = {k: round(v, 4) for k, v in scores.categories.items()}
         category = scores.top_category()
         limit = harm_threshold(t, category)

@@ -55,6 +55,7 @@ class TrainConfig:
     encoder_cap: int = 400            # training rows per (source, label) for the encoder and its heads
     finetune: FinetuneConfig | None = field(default_factory=FinetuneConfig)  # None: heads on the packaged encoder
     per_category: bool = False        # also calibrate a threshold per hazard category (see category_thresholds)
+    per_language: bool = True         # calibrate Chinese inputs on their own (see calibrate)
     openings: bool = True             # train the output direction on the first words of safe replies (see openings)
 
 
@@ -141,43 +142,68 @@ def category_thresholds(harm: np.ndarray, top: np.ndarray, sources: np.ndarray, 
     return out
 
 
+ZH_SUFFIX = "_zh"  # thresholds.json: "unsafe_zh" is the input harm threshold of Chinese text
+
+
+def for_language(thresholds: dict[str, float], chinese: bool) -> dict[str, float]:
+    """A direction's thresholds for a text: Chinese text takes the `*_zh` ones where there are any."""
+    if not chinese:
+        return thresholds
+    return {**thresholds, **{k[: -len(ZH_SUFFIX)]: v for k, v in thresholds.items() if k.endswith(ZH_SUFFIX)}}
+
+
 def harm_threshold(thresholds: dict[str, float], category: str | None) -> float:
     """The unsafe-score threshold for a text whose top category is `category`: the category's own, else the
     direction's."""
     return thresholds.get(category, thresholds["unsafe"]) if category else thresholds["unsafe"]
 
 
-def calibrate(model: Classifier, dev: Sequence[Example], target: float,
-              per_category: bool = False) -> dict[str, dict[str, float]]:
+def calibrate(model: Classifier, dev: Sequence[Example], target: float, per_category: bool = False,
+              per_language: bool = False) -> dict[str, dict[str, float]]:
+    """Thresholds per direction for the target false-positive rate on the dev rows.
+
+    `per_language`: Chinese inputs get their own harm threshold (`unsafe_zh`), calibrated on the Chinese rows
+    for the same target, and the others on the rest. The two languages are scored by different stages (the
+    cascade leaves Chinese to the n-gram stage), so one threshold over both would hold each language to the
+    other's score scale: each would get whatever false-positive rate the mix left it, and a change to the
+    English encoder would move the Chinese decisions. The injection threshold stays one for both: calibrated on
+    Chinese rows alone it fell to 0.006 (the head scores nearly all Chinese text near zero) and flagged 9% of
+    the Chinese everyday prompts of the dev split, against 1% at the shared threshold."""
     thresholds: dict[str, dict[str, float]] = {"input": {}, "output": {}}
     for direction in ("input", "output"):
         rows = [e for e in dev if e.direction == direction
                 and (direction == "output" or e.unsafe or e.source in CHAT_LIKE_SOURCES)]
         scores = score_readings(model, [e.text for e in rows], direction)
-        safe = np.array([not e.unsafe for e in rows])
+        safe = np.array([not e.unsafe for e in rows], dtype=bool)
         # The project's own reply files count as one group: split into many small files (some of them contrast
         # pairs built to be hard), each would otherwise weigh as much as a public set of thousands of replies.
         sources = np.array(["own" if direction == "output" and e.source.startswith("own_") else e.source
                             for e in rows])
         harm = np.array([s.unsafe for s in scores])
-        thresholds[direction]["unsafe"] = macro_fpr_threshold(harm[safe], sources[safe], target)
+        not_injection = np.array([e.category != "prompt_injection" for e in rows], dtype=bool)
+        inj = np.array([s.injection for s in scores])
+        chinese = np.array([is_chinese(e.text) for e in rows], dtype=bool)
+        groups = [("", ~chinese), (ZH_SUFFIX, chinese)] if per_language and direction == "input" else \
+            [("", np.ones(len(rows), dtype=bool))]
+        for suffix, lang in groups:
+            thresholds[direction]["unsafe" + suffix] = macro_fpr_threshold(harm[safe & lang], sources[safe & lang],
+                                                                           target)
+        if direction == "input":
+            thresholds[direction]["injection"] = macro_fpr_threshold(inj[not_injection], sources[not_injection],
+                                                                     target)
         if per_category:
             top = np.array([s.top_category() for s in scores], dtype=object)
             thresholds[direction].update(category_thresholds(harm[safe], top[safe], sources[safe], target,
                                                              thresholds[direction]["unsafe"]))
-        if direction == "input":
-            not_injection = np.array([e.category != "prompt_injection" for e in rows])
-            inj = np.array([s.injection for s in scores])
-            thresholds[direction]["injection"] = macro_fpr_threshold(
-                inj[not_injection], sources[not_injection], target)
     return thresholds
 
 
-def blocked(scores, direction: str, thresholds: dict, injection: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def blocked(texts: Sequence[str], scores, direction: str, thresholds: dict,
+            injection: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(blocked?, a single score for ranking) for each scored text."""
-    t = thresholds[direction]
-    harm = np.array([s.unsafe / harm_threshold(t, s.top_category()) for s in scores])
-    inj = (np.array([s.injection / t["injection"] for s in scores]) if injection and "injection" in t
+    ts = [for_language(thresholds[direction], is_chinese(text)) for text in texts]
+    harm = np.array([s.unsafe / harm_threshold(t, s.top_category()) for s, t in zip(scores, ts)])
+    inj = (np.array([s.injection / t["injection"] for s, t in zip(scores, ts)]) if injection and "injection" in ts[0]
            else np.zeros(len(scores)))
     ranking = np.maximum(harm, inj)
     return ranking >= 1.0, ranking
@@ -188,12 +214,14 @@ def decisions(model: Classifier, examples: Sequence[Example], thresholds: dict,
     """(blocked?, ranking score) of each row as the guard decides it. Replies that come with their request are
     judged in context (`guard.pipeline.in_context`): one that does not decline a blocked request is blocked."""
     direction = examples[0].direction
-    decided, ranking = blocked(score_readings(model, [e.text for e in examples], direction), direction, thresholds)
+    texts = [e.text for e in examples]
+    decided, ranking = blocked(texts, score_readings(model, texts, direction), direction, thresholds)
     idx = [i for i, e in enumerate(examples) if context and direction == "output" and e.context
            and not is_refusal(e.text)]
     if idx:
-        request, request_rank = blocked(score_readings(model, [examples[i].context for i in idx], "input"), "input",
-                                        thresholds, injection=False)
+        requests = [examples[i].context for i in idx]
+        request, request_rank = blocked(requests, score_readings(model, requests, "input"), "input", thresholds,
+                                        injection=False)
         decided[idx] |= request
         ranking[idx] = np.maximum(ranking[idx], request_rank)
     return decided, ranking
@@ -261,7 +289,7 @@ def train(out_dir: Path, mirror: Path | None, config: TrainConfig = TrainConfig(
         encoder = train_encoder(rows, staging, config)
         model = CascadeClassifier(ngram, encoder)
     steps.update()
-    thresholds = calibrate(model, corpus.dev, config.target_fpr, config.per_category)
+    thresholds = calibrate(model, corpus.dev, config.target_fpr, config.per_category, config.per_language)
     steps.update()
     card = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "train_seconds": None, "config": asdict(config),

@@ -94,6 +94,7 @@ class FinetuneConfig:
     max_length: int = 128
     scale: float = 20.0         # the embeddings are unit vectors: logits = scale * (w . e + b)
     seed: int = 0
+    layers: int | None = None   # keep only the first N transformer layers (None: all six)
 
 
 def finetune(texts: Sequence[str], harm: Sequence[bool | None], injection: Sequence[bool], weights: Sequence[float],
@@ -108,6 +109,9 @@ def finetune(texts: Sequence[str], harm: Sequence[bool | None], injection: Seque
     shuffle = random.Random(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
     model = AutoModel.from_pretrained(minilm_dir()).train()
+    if config.layers is not None:
+        model.encoder.layer = model.encoder.layer[:config.layers]
+        model.config.num_hidden_layers = config.layers
     head = torch.nn.Linear(model.config.hidden_size, 2)
     has_harm = torch.tensor([h is not None for h in harm])
     targets = torch.tensor([[float(bool(h)), float(i)] for h, i in zip(harm, injection)])

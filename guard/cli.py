@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--per-category-thresholds", action="store_true",
                        help="also calibrate one threshold per hazard category (measured worse on held-out sets)")
     train.add_argument("--pooled-languages", action="store_true",
-                       help="one input harm threshold for Chinese and English text, not one per language")
+                       help="no input harm threshold of its own for Chinese text (one for both languages)")
     train.add_argument("--encoder-layers", type=int, default=None, choices=range(1, 7), metavar="N",
                        help="keep the first N of MiniLM's 6 layers (3: half the latency, a worse XSTest; see README)")
     check = sub.add_parser("check", help="classify texts given as arguments (or lines on stdin)")

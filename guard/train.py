@@ -162,13 +162,15 @@ def calibrate(model: Classifier, dev: Sequence[Example], target: float, per_cate
               per_language: bool = False) -> dict[str, dict[str, float]]:
     """Thresholds per direction for the target false-positive rate on the dev rows.
 
-    `per_language`: Chinese inputs get their own harm threshold (`unsafe_zh`), calibrated on the Chinese rows
-    for the same target, and the others on the rest. The two languages are scored by different stages (the
-    cascade leaves Chinese to the n-gram stage), so one threshold over both would hold each language to the
-    other's score scale: each would get whatever false-positive rate the mix left it, and a change to the
-    English encoder would move the Chinese decisions. The injection threshold stays one for both: calibrated on
-    Chinese rows alone it fell to 0.006 (the head scores nearly all Chinese text near zero) and flagged 9% of
-    the Chinese everyday prompts of the dev split, against 1% at the shared threshold."""
+    `per_language`: Chinese inputs also get a harm threshold of their own (`unsafe_zh`), calibrated on the
+    Chinese rows for the same target. Only the n-gram stage scores Chinese (the cascade sends English text
+    to the encoder), so a threshold over both languages held Chinese to a scale set mostly by the cascade's
+    English scores, and a change to the English encoder moved Chinese decisions. The shared thresholds stay
+    calibrated on all rows, as before: calibrated on the non-Chinese rows alone the harm threshold fell from
+    0.62 to 0.53, which raised XSTest's safe-prompt false-positive rate from 0.128 to 0.196 and the PPO
+    policy's over-refusal (the alignment recipe's guard costs read the input check) from 0.128 to 0.180. The
+    injection threshold calibrated on Chinese rows alone fell to 0.006 (the head scores nearly all Chinese
+    text near zero) and flagged 9% of the dev split's Chinese everyday prompts, against 1% at the shared one."""
     thresholds: dict[str, dict[str, float]] = {"input": {}, "output": {}}
     for direction in ("input", "output"):
         rows = [e for e in dev if e.direction == direction
@@ -180,15 +182,16 @@ def calibrate(model: Classifier, dev: Sequence[Example], target: float, per_cate
         sources = np.array(["own" if direction == "output" and e.source.startswith("own_") else e.source
                             for e in rows])
         harm = np.array([s.unsafe for s in scores])
-        not_injection = np.array([e.category != "prompt_injection" for e in rows], dtype=bool)
-        inj = np.array([s.injection for s in scores])
         chinese = np.array([is_chinese(e.text) for e in rows], dtype=bool)
-        groups = [("", ~chinese), (ZH_SUFFIX, chinese)] if per_language and direction == "input" else \
-            [("", np.ones(len(rows), dtype=bool))]
+        groups = [("", np.ones(len(rows), dtype=bool))]
+        if per_language and direction == "input":
+            groups.append((ZH_SUFFIX, chinese))
         for suffix, lang in groups:
             thresholds[direction]["unsafe" + suffix] = macro_fpr_threshold(harm[safe & lang], sources[safe & lang],
                                                                            target)
         if direction == "input":
+            not_injection = np.array([e.category != "prompt_injection" for e in rows], dtype=bool)
+            inj = np.array([s.injection for s in scores])
             thresholds[direction]["injection"] = macro_fpr_threshold(inj[not_injection], sources[not_injection],
                                                                      target)
         if per_category:
@@ -203,8 +206,8 @@ def blocked(texts: Sequence[str], scores, direction: str, thresholds: dict,
     """(blocked?, a single score for ranking) for each scored text."""
     ts = [for_language(thresholds[direction], is_chinese(text)) for text in texts]
     harm = np.array([s.unsafe / harm_threshold(t, s.top_category()) for s, t in zip(scores, ts)])
-    inj = (np.array([s.injection / t["injection"] for s, t in zip(scores, ts)]) if injection and "injection" in ts[0]
-           else np.zeros(len(scores)))
+    inj = (np.array([s.injection / t["injection"] for s, t in zip(scores, ts)])
+           if injection and "injection" in thresholds[direction] else np.zeros(len(scores)))
     ranking = np.maximum(harm, inj)
     return ranking >= 1.0, ranking
 

@@ -182,10 +182,9 @@ def calibrate(model: Classifier, dev: Sequence[Example], target: float, per_cate
         sources = np.array(["own" if direction == "output" and e.source.startswith("own_") else e.source
                             for e in rows])
         harm = np.array([s.unsafe for s in scores])
-        chinese = np.array([is_chinese(e.text) for e in rows], dtype=bool)
         groups = [("", np.ones(len(rows), dtype=bool))]
         if per_language and direction == "input":
-            groups.append((ZH_SUFFIX, chinese))
+            groups.append((ZH_SUFFIX, np.array([is_chinese(e.text) for e in rows], dtype=bool)))
         for suffix, lang in groups:
             thresholds[direction]["unsafe" + suffix] = macro_fpr_threshold(harm[safe & lang], sources[safe & lang],
                                                                            target)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
-import torch
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from alignment.evaluate import answer_logprob, perplexity

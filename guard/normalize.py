@@ -35,6 +35,10 @@ BASE64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/
 HEX = re.compile(r"(?<![0-9a-fA-F])(?:[0-9a-fA-F]{2}[ :]?){8,}(?![0-9a-fA-F])")
 PERCENT = re.compile(r"(?:%[0-9a-fA-F]{2}){4,}")
 ROT13_HINT = re.compile(r"rot-?13", re.IGNORECASE)
+# The full-width punctuation of Chinese prose is language, not disguise: NFKC would make "，" and "？" the
+# ASCII "," and "?", so that Chinese text shared its commonest characters with English punctuation n-grams
+# (trained that way, long benign Chinese requests took the prompt-injection scores of long English jailbreaks).
+CJK_PUNCTUATION = re.compile("([，！？：；（）])")
 
 
 @dataclass(frozen=True)
@@ -56,9 +60,10 @@ def is_chinese(text: str) -> bool:
 
 
 def canonical(text: str) -> str:
-    """NFKC (full-width, ligatures), no zero-width/control characters, homoglyphs folded to Latin,
+    """NFKC (full-width letters, ligatures; not Chinese punctuation), no zero-width/control characters, homoglyphs folded to Latin,
     spaced-out letters rejoined; whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text)
+    text = "".join(part if CJK_PUNCTUATION.fullmatch(part) else unicodedata.normalize("NFKC", part)
+                   for part in CJK_PUNCTUATION.split(text))
     text = ZERO_WIDTH.sub("", text)
     text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
     text = text.translate(HOMOGLYPHS)

@@ -55,8 +55,13 @@ class LinearHead:
 
     @classmethod
     def fit(cls, x: sp.csr_matrix, y: np.ndarray, sample_weight: np.ndarray, config: NgramConfig) -> LinearHead:
+        # Averaged SGD over the last two thirds of the epochs: the last iterate of plain SGD wandered with the
+        # shuffle order (two seeds moved a text's input harm score by 0.028 on average, an XSTest prompt's by 0.09,
+        # up to 0.24; averaged, 0.003) at the same ranking quality. Averaging from the first step took in the
+        # early, far-off iterates: the reply head ranked worse (dev AUPRC 0.928 -> 0.910).
         model = SGDClassifier(loss="log_loss", alpha=config.alpha, max_iter=config.epochs, tol=None,
-                              class_weight="balanced", random_state=config.seed)
+                              class_weight="balanced", random_state=config.seed,
+                              average=max(1, x.shape[0] * config.epochs // 3))
         model.fit(x, y, sample_weight=sample_weight)
         return cls(np.ascontiguousarray(model.coef_.T, dtype=np.float32), model.intercept_.astype(np.float32),
                    tuple(str(c) for c in model.classes_))

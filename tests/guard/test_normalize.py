@@ -23,7 +23,8 @@ CASES = [
     ("percent", "%68%6f%77%20%74%6f%20%6b%69%6c%6c", "how to kill"),
     ("rot13", "rot13: ubj gb znxr n obzo", "how to make a bomb"),
     ("control chars", "how\x00 to\x07 make a bomb", "how to make a bomb"),
-    ("full-width chinese punctuation", "如何制作炸弹？", "如何制作炸弹?"),
+    ("chinese punctuation stays", "如何制作炸弹？（详细）", "如何制作炸弹？（详细）"),
+    ("full-width letters beside chinese punctuation", "ｂｏｍｂ，ｋｉｌｌ？", "bomb，kill？"),
 ]
 
 

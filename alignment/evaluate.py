@@ -22,6 +22,7 @@ from alignment import data as D
 from alignment.generate import Generator, chat_prompt_ids
 from alignment.reward import RewardModel, by_length
 from guard.refusal import is_refusal
+from serve.hardware import native_bf16
 
 POLICIES = ("base", "sft", "ppo", "dpo")
 COLUMNS = {
@@ -48,7 +49,7 @@ def answer_logprob(model, tokenizer, prompts: list[str], answers: list[str]) -> 
     out = torch.empty(len(prompts))
     for idx in by_length([len(p) + len(a) for p, a in zip(prompt_ids, answer_ids)], BATCH):
         batch = Batch.build([prompt_ids[i] for i in idx], [answer_ids[i] for i in idx], tokenizer.pad_token_id)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=native_bf16()):
             out[idx] = reference_logprobs(model, batch).float().sum(1)
     return out
 
@@ -62,7 +63,7 @@ def perplexity(model, tokenizer, texts: list[str], max_len: int = 256) -> float:
         width = max(map(len, rows))
         input_ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=native_bf16()):
             logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
         logp = torch.log_softmax(logits, -1).gather(-1, input_ids[:, 1:, None])[..., 0]
         nll -= (logp * mask[:, 1:]).sum().item()

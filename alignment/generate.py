@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from alignment.ppo.rollout import offline_llm
+from serve.hardware import fast_dtype
 
 
 def chat_prompt_ids(tokenizer, text: str) -> list[int]:
@@ -20,9 +21,9 @@ class Generator:
     """One vLLM offline engine on a model folder, for several batches of answers (an engine start costs
     tens of seconds on a CPU). Use as a context manager; the engine is freed on exit."""
 
-    def __init__(self, model_dir: Path, *, seed: int = 0, kv_cache_gib: float = 0.5, dtype: str = "bfloat16"):
+    def __init__(self, model_dir: Path, *, seed: int = 0, kv_cache_gib: float = 0.5, dtype: str | None = None):
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.llm = offline_llm(model_dir, dtype=dtype, kv_cache_gib=kv_cache_gib, seed=seed)
+        self.llm = offline_llm(model_dir, dtype=dtype or fast_dtype(), kv_cache_gib=kv_cache_gib, seed=seed)
 
     def __enter__(self) -> Generator:
         return self
@@ -54,7 +55,7 @@ class Generator:
 
 
 def generate_answers(model_dir: Path, prompts: Sequence[str], *, seed: int = 0, kv_cache_gib: float = 0.5,
-                     dtype: str = "bfloat16", **sampling) -> list[list[str]]:
+                     dtype: str | None = None, **sampling) -> list[list[str]]:
     """Answers from a fresh engine (see Generator for the sampling arguments)."""
     with Generator(model_dir, seed=seed, kv_cache_gib=kv_cache_gib, dtype=dtype) as generate:
         return generate(prompts, **sampling)

@@ -48,8 +48,9 @@ class TrainerStage(Strict):
     max_length: int = Field(384, ge=16, description="Tokens per row (longer rows are truncated).")
     save_steps: int = Field(50, ge=1, description="Checkpoint every this many steps (resume point).")
     max_rows: int | None = Field(None, ge=1, description="Use at most this many training rows (a seeded sample).")
-    bf16: bool = Field(True, description="bf16 autocast (fp32 master weights): ~4x faster matmuls on CPUs "
-                       "with AVX512-BF16/AMX, and on GPUs.")
+    bf16: bool | None = Field(None, description="bf16 autocast (fp32 master weights): ~4x faster matmuls on CPUs "
+                              "with AVX512-BF16/AMX, and on GPUs; far slower where emulated (AVX2). Default: where "
+                              "native.")
 
 
 class SFTStage(TrainerStage):

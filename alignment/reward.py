@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from serve.hardware import use_bf16
 
 SETTINGS_FILE = "reward.json"  # how the model reads replies, written beside its weights by the rm stage
 
@@ -34,8 +35,8 @@ class RewardModel:
     """Scores (prompt, reply) pairs. A model trained on replies cut to their first N tokens (see the rm
     stage's `response_tokens`) reads replies cut the same way: its folder says so."""
 
-    def __init__(self, folder: Path, max_length: int = 512, batch_size: int = 16, bf16: bool = True):
-        self.bf16 = bf16
+    def __init__(self, folder: Path, max_length: int = 512, batch_size: int = 16, bf16: bool | None = None):
+        self.bf16 = use_bf16(bf16)
         settings = Path(folder) / SETTINGS_FILE
         self.response_tokens = json.loads(settings.read_text())["response_tokens"] if settings.is_file() else None
         self.tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -21,6 +21,7 @@ from alignment.recipe import Recipe
 from alignment.refusal import refusal
 from alignment.reward import cut, save_settings
 from guard.refusal import is_refusal
+from serve.hardware import use_bf16
 
 log = logging.getLogger(__name__)
 STAGES = ("data", "sft", "rm", "ppo", "dpo", "eval")
@@ -248,7 +249,7 @@ class Pipeline:
                     gradient_accumulation_steps=cfg.grad_accum, max_length=cfg.max_length, logging_steps=5,
                     save_steps=cfg.save_steps, save_total_limit=1, report_to="none", seed=self.recipe.data.seed,
                     disable_tqdm=False, dataloader_num_workers=0, lr_scheduler_type="cosine", warmup_steps=0.05,
-                    bf16=cfg.bf16)
+                    bf16=use_bf16(cfg.bf16))
 
     def finish_trainer(self, trainer, folder: Path, tokenizer) -> None:
         checkpoint = last_checkpoint(folder / "trainer")

@@ -1,5 +1,5 @@
 """Guard check latency on one core: single checks of 16-256 token inputs (p50/p99, both directions,
-normalization and rules included), the MiniLM encoder alone in bf16 and int8 side by side, and
+normalization and rules included), the MiniLM encoder alone in float (bf16 where native) and int8 side by side, and
 batched throughput of the classifier. Prints; asserts nothing.
 
     .venv/bin/python bench/guard_latency.py [--repeats 300]
@@ -20,6 +20,7 @@ from guard.artifact import ensure_artifact  # noqa: E402
 from guard.classifiers.encoder import Embedder  # noqa: E402
 from guard.config import GuardSettings  # noqa: E402
 from guard.pipeline import GuardPipeline  # noqa: E402
+from serve.hardware import native_bf16  # noqa: E402
 from serve.settings import default_cache_dir  # noqa: E402
 
 EN = ("Could you explain how the water cycle works, and why clouds form at different heights depending on "
@@ -59,14 +60,15 @@ def main() -> None:
                     q = statistics.quantiles(times, n=100)
                     print(f"{tokens:>6} {lang:>4} {direction:>6} | {statistics.median(times):>7.3f} {q[98]:>7.3f}")
         print("\nMiniLM encoder alone, one text (the stage English inputs reach when the n-gram stage is unsure):")
-        print(f"{'tokens':>6} | {'bf16 ms':>8} {'int8 ms':>8} {'speed-up':>8}")
-        encoders = {"bf16": Embedder(int8=False), "int8": Embedder(int8=True)}
+        float_name = "bf16" if native_bf16() else "fp32"
+        print(f"{'tokens':>6} | {float_name + ' ms':>8} {'int8 ms':>8} {'speed-up':>8}")
+        encoders = {"float": Embedder(int8=False), "int8": Embedder(int8=True)}
         for tokens in (16, 64, 128):
             text = text_of(tokens, EN)
             p50 = {}
             for name, embed in encoders.items():
                 p50[name] = statistics.median(timings(lambda: embed([text]), args.repeats))
-            print(f"{tokens:>6} | {p50['bf16']:>8.3f} {p50['int8']:>8.3f} {p50['bf16'] / p50['int8']:>7.2f}x")
+            print(f"{tokens:>6} | {p50['float']:>8.3f} {p50['int8']:>8.3f} {p50['float'] / p50['int8']:>7.2f}x")
         batch = [text_of(64, EN), text_of(64, ZH)] * 128
         start = time.perf_counter()
         guard.classifier.score(batch, "output")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from serve.hardware import native_bf16  # noqa: E402
 
 TRL_VENV = REPO / ".cache" / "bench-trl112"
 PROMPTS = ["Tell me a story about a dragon.", "What is the weather like on Mars?", "How do I bake bread at home?",
@@ -108,7 +109,7 @@ def run_ours(policy: Path, reward_dir: Path, args, engine: str) -> dict:
     config = PPOConfig(iterations=args.iterations + 1, batch_size=args.batch, mini_batch_size=args.micro,
                        epochs=args.epochs, max_new_tokens=args.response_length, lr=1e-5, beta=args.beta,
                        ptx_coef=0.0, rollout_engine=engine, vllm_dtype="float32", save_every=10_000, stop_kl=1e9,
-                       bf16=not args.fp32)
+                       bf16=args.bf16)
     tokenizer = AutoTokenizer.from_pretrained(policy)
     with tempfile.TemporaryDirectory() as out:
         trainer = PPOTrainer(config, policy, tokenizer, lambda p, t, _ids: rm.score(p, t).tolist(),
@@ -128,7 +129,7 @@ def run_trl(policy: Path, reward_dir: Path, args) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cfg = {"policy": str(policy), "reward": str(reward_dir), "prompts": PROMPTS, "batch": args.batch,
                "micro": args.micro, "epochs": args.epochs, "response_length": args.response_length,
-               "iterations": args.iterations, "beta": args.beta, "out": out, "bf16": not args.fp32}
+               "iterations": args.iterations, "beta": args.beta, "out": out, "bf16": args.bf16}
         proc = subprocess.run([str(python), "-c", TRL_SCRIPT, json.dumps(cfg)], capture_output=True, text=True)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
@@ -144,8 +145,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="PPO epochs per iteration (TRL's default)")
     parser.add_argument("--response-length", type=int, default=32)
     parser.add_argument("--beta", type=float, default=0.05)
-    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast in either trainer (default: both use it)")
+    parser.add_argument("--fp32", action="store_true",
+                        help="no bf16 autocast in either trainer (default: both use it where the CPU has native bf16)")
     args = parser.parse_args()
+    args.bf16 = native_bf16() and not args.fp32
     folder = REPO / ".cache" / "bench-ppo-models"
     policy, reward = build_models(folder)
     results = {}
@@ -160,7 +163,7 @@ def main() -> None:
               f"({time.perf_counter() - started:.0f} s with set-up)", flush=True)
     base = results["trl 1.12.0"]["samples_per_second"]
     print(f"\nPPO iteration: batch {args.batch}, response {args.response_length} tokens, {args.epochs} PPO epochs, "
-          f"micro-batch {args.micro}, {'fp32' if args.fp32 else 'bf16 autocast'} in both, tiny Llama (4 layers, "
+          f"micro-batch {args.micro}, {'bf16 autocast' if args.bf16 else 'fp32'} in both, tiny Llama (4 layers, "
           f"hidden 256), 2 CPU cores")
     print(f"{'trainer':22s} | {'samples/s':>9} | {'vs TRL 1.12.0':>13}")
     for name, r in results.items():

@@ -29,6 +29,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from serve.default_model import DEFAULT_MODEL_NAME, ensure_default_model  # noqa: E402
 from serve.engine import default_cpu_bind  # noqa: E402
+from serve.hardware import fast_dtype  # noqa: E402
 from serve.settings import default_cache_dir  # noqa: E402
 from tests.support import ServerProcess, free_port  # noqa: E402
 
@@ -105,7 +106,7 @@ def servers(model_dir: Path, logs: Path, kv_gib: float, max_len: int) -> dict[st
     port = free_port()
     raw = ServerProcess(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-         "--served-model-name", DEFAULT_MODEL_NAME, "--dtype", "bfloat16", "--max-model-len", str(max_len),
+         "--served-model-name", DEFAULT_MODEL_NAME, "--dtype", fast_dtype(), "--max-model-len", str(max_len),
          "--kv-cache-memory-bytes", str(int(kv_gib * 2**30)), "--max-num-seqs", "128", "--enforce-eager",
          "--seed", "0", "--port", str(port), "--host", "127.0.0.1", "--uvicorn-log-level", "warning"],
         port, logs / "raw.log", env={**env, "VLLM_CACHE_ROOT": str(default_cache_dir() / "vllm")})
@@ -197,7 +198,7 @@ def main() -> None:
     if args.leak_only:
         procs = {"guard": procs["guard"]}
         args.concurrency = []
-    print(f"model {DEFAULT_MODEL_NAME} bf16, engine cores {default_cpu_bind()}, logs in {logs}", flush=True)
+    print(f"model {DEFAULT_MODEL_NAME} {fast_dtype()}, engine cores {default_cpu_bind()}, logs in {logs}", flush=True)
     runs: list[Run] = []
     try:
         for proc in procs.values():

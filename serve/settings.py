@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from guard.config import GuardSettings
+from serve.hardware import fast_dtype
 
 
 def default_cache_dir() -> Path:
@@ -23,7 +24,9 @@ class EngineSettings(BaseModel):
     model_config = {"extra": "forbid"}
 
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "bfloat16", description="Weight and activation dtype. bfloat16 is ~1.5x faster than float32 on AVX-512 CPUs.")
+        default_factory=fast_dtype, description="Weight and activation dtype. Default: bfloat16 where this machine "
+        "computes it natively (GPUs, CPUs with AVX512-BF16 or AMX), else float32 (on an AVX2-only CPU bfloat16 is "
+        "emulated and ~3.6x slower).")
     max_model_len: int | None = Field(
         None, ge=16, description="Context window in tokens (prompt + completion); default: the model's own.")
     kv_cache_gib: float = Field(

@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 from alignment.ppo import core
 from alignment.ppo.policy import PolicyWithValue
 from alignment.ppo.rollout import HFRollout, VLLMRollout
+from serve.hardware import fast_dtype, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,11 @@ class PPOConfig(BaseModel):
         "iteration's (and is near max_new_tokens).")
     rollout_engine: str = Field("vllm", pattern="^(vllm|hf)$", description="vllm (weights synced each "
                                 "iteration) or hf (transformers generate).")
-    vllm_dtype: str = Field("auto", description="dtype of the rollout engine (bfloat16 is faster on CPU).")
+    vllm_dtype: str | None = Field(None, description="dtype of the rollout engine. Default: bfloat16 where this "
+                                   "machine computes it natively, else float32 (serve.hardware.fast_dtype).")
     save_every: int = Field(10, ge=1, description="Checkpoint every this many iterations (resume point).")
-    bf16: bool = Field(True, description="bf16 autocast for forward/backward passes (fp32 master weights, "
-                       "log-probabilities in fp32).")
+    bf16: bool | None = Field(None, description="bf16 autocast for forward/backward passes (fp32 master weights, "
+                              "log-probabilities in fp32). Default: where native (serve.hardware.native_bf16).")
     seed: int = 0
 
 
@@ -152,7 +154,7 @@ class PPOTrainer:
                            for p in self.prompts]
         self.ptx_chunks = self._chunk(ptx_texts) if config.ptx_coef > 0 else None
         if config.rollout_engine == "vllm":
-            self.rollout = VLLMRollout(checkpoint if resume else policy_dir, self.eos, dtype=config.vllm_dtype,
+            self.rollout = VLLMRollout(checkpoint if resume else policy_dir, self.eos, dtype=config.vllm_dtype or fast_dtype(),
                                        seed=config.seed)
         else:
             self.rollout = HFRollout(self.eos, self.pad)
@@ -160,7 +162,7 @@ class PPOTrainer:
 
     def autocast(self):
         device = next(self.policy.parameters()).device.type
-        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.config.bf16)
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16(self.config.bf16))
 
     def _chunk(self, texts: Sequence[str]) -> torch.Tensor | None:
         """Pretraining text as fixed-length token chunks (documents joined by EOS)."""

@@ -6,7 +6,8 @@ The encoder is English-trained: the cascade leaves Chinese text to the n-gram st
 Fine-tuning is what lets the stage read a request rather than match its words: with the packaged
 encoder frozen, a linear head ranks XSTest's contrast prompts ("How do I kill my neighbour?" vs
 "How do I kill a Python process?") little better than the n-gram stage (AUPRC 0.77 vs 0.67). Two
-epochs over ~9,600 rows take ~2.5 minutes on two cores (bf16 autocast, ~25 tokens a row).
+epochs over ~9,600 rows take ~2.5 minutes on two cores with native bf16 (AVX512-BF16/AMX; bf16 autocast,
+~25 tokens a row), ~5.5 minutes in float32 on an AVX2-only CPU (where bf16 is emulated, 16x slower).
 
 The encoder's Linear layers run in int8 (dynamic quantisation: weights int8, activations quantised
 per call), about twice as fast as bf16 on one core. Its embeddings drift from float's (cosine
@@ -31,6 +32,7 @@ from tqdm import tqdm
 
 from guard.classifiers.base import Direction, Scores
 from guard.classifiers.ngram import LinearHead, head_rows
+from serve.hardware import native_bf16
 
 HEADS_FILE = "encoder_heads.joblib"
 ENCODER_DIR = "encoder"  # the fine-tuned encoder inside an artifact folder
@@ -81,7 +83,7 @@ class Embedder:
             index = order[start:start + self.batch_size]
             batch = self.tokenizer([texts[i] for i in index], padding=True, truncation=True,
                                    max_length=self.max_length, return_tensors="pt")
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not self.int8):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not self.int8 and native_bf16()):
                 out[index] = mean_pooled(self.model, batch).numpy()
         return out
 
@@ -131,7 +133,7 @@ def finetune(texts: Sequence[str], harm: Sequence[bool | None], injection: Seque
         for index in batches[:steps - done]:
             batch = tokenizer([texts[i] for i in index], padding=True, truncation=True,
                               max_length=config.max_length, return_tensors="pt")
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=native_bf16()):
                 pooled = mean_pooled(model, batch)
             logits = config.scale * head(pooled)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets[index], reduction="none")

@@ -40,7 +40,7 @@ def test_answer_logprob_in_batches_equals_one_row_at_a_time(smollm2):
     reference, tokenizer = smollm2
     batched = answer_logprob(reference, tokenizer, PROMPTS, ANSWERS)
     alone = torch.cat([answer_logprob(reference, tokenizer, [p], [a]) for p, a in zip(PROMPTS, ANSWERS)])
-    # bf16 autocast: padded shapes round differently (up to 0.34 nats here); attending to the padding
+    # bf16 autocast (where native): padded shapes round differently (up to 0.34 nats here); attending to the padding
     # moved a row by 10.8
     torch.testing.assert_close(batched, alone, rtol=0.005, atol=1.0)
 

@@ -54,8 +54,9 @@ def judge_server(tmp_path_factory, default_model_dir, cache_dir):
 
 
 def test_a_served_judge_decides_where_the_classifiers_are_unsure(judge_server, guard_artifact):
+    # a generous timeout: this is about the decision, and a busy 2-core machine can take over 10 s per judge call
     settings = GuardSettings(judge=JudgeSettings(url=judge_server.base_url + "/v1", model="scripted-judge",
-                                                 band=(0.0, 1.0)))
+                                                 band=(0.0, 1.0), timeout_s=120))
     guard = GuardPipeline.load(guard_artifact, settings)
     text = "What is the capital of France?"
     assert not GuardPipeline.load(guard_artifact, GuardSettings()).decide(text, "input").blocked

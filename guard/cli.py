@@ -22,7 +22,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, default=default_artifact(), help="artifact folder (default: %(default)s)")
     train.add_argument("--data-mirror", type=Path, default=default_mirror(),
                        help="folder with the public data sets (default: %(default)s)")
-    train.add_argument("--target-fpr", type=float, default=0.05, help="calibration target (default: %(default)s)")
+    train.add_argument("--target-fpr", type=float, default=0.05,
+                       help="calibration target of the harm heads, a macro false-positive rate on dev rows "
+                       "(default: %(default)s)")
+    train.add_argument("--injection-fpr", type=float, default=0.03,
+                       help="calibration target of the prompt-injection head (default: %(default)s)")
     train.add_argument("--per-category-thresholds", action="store_true",
                        help="also calibrate one threshold per hazard category (measured worse on held-out sets)")
     train.add_argument("--pooled-languages", action="store_true",
@@ -50,8 +54,9 @@ def main(args: Sequence[str]) -> int:
         from guard.classifiers.encoder import FinetuneConfig
         from guard.train import TrainConfig, train
 
-        config = TrainConfig(target_fpr=opts.target_fpr, per_category=opts.per_category_thresholds,
-                             per_language=not opts.pooled_languages, finetune=FinetuneConfig(layers=opts.encoder_layers))
+        config = TrainConfig(target_fpr=opts.target_fpr, injection_fpr=opts.injection_fpr,
+                             per_category=opts.per_category_thresholds, per_language=not opts.pooled_languages,
+                             finetune=FinetuneConfig(layers=opts.encoder_layers))
         card = train(opts.out, opts.data_mirror, config, fingerprint())
         print((opts.out / "card.md").read_text())
         print(f"artifact written to {opts.out} ({card['train_seconds']} s)")

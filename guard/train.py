@@ -47,7 +47,8 @@ CHAT_LIKE_SOURCES = ("own_inputs_everyday", "own_inputs_benign_lookalikes", "own
 
 @dataclass(frozen=True)
 class TrainConfig:
-    target_fpr: float = 0.05          # macro false-positive rate over dev sources, per head
+    target_fpr: float = 0.05          # macro false-positive rate over dev sources of the harm heads
+    injection_fpr: float = 0.03       # ... and of the injection head (see calibrate)
     dev_fraction: float = 0.15        # rows of each training source held back for calibration and metrics
     source_cap: int = 1500            # a source's rows weigh as at most this many, so big sets do not drown small ones
     ngram: NgramConfig = field(default_factory=NgramConfig)
@@ -168,8 +169,16 @@ def harm_threshold(thresholds: dict[str, float], category: str | None) -> float:
 
 
 def calibrate(model: Classifier, dev: Sequence[Example], target: float, per_category: bool = False,
-              per_language: bool = False) -> dict[str, dict[str, float]]:
-    """Thresholds per direction for the target false-positive rate on the dev rows.
+              per_language: bool = False, injection_target: float | None = None) -> dict[str, dict[str, float]]:
+    """Thresholds per direction for the target false-positive rate on the dev rows (the injection head's own
+    target where given, else the same).
+
+    An input is blocked when either head fires, so the two targets add up: at 5% each, 8.9% of the dev
+    split's everyday English and Chinese prompts were blocked (2026-11-29), most of them long ones flagged
+    by the injection head, which reads instructions to the assistant ("only output JSON", "act as a Linux
+    terminal") as the jailbreaks it was trained on. With the injection head at 3% that fell to 4.2%, the
+    deepset injection test's F1 rose from 0.831 to 0.867 (fewer benign German questions flagged), and
+    XSTest and JBB moved by at most one prompt each way.
 
     `per_language`: Chinese inputs also get a harm threshold of their own (`unsafe_zh`), calibrated on the
     Chinese rows for the same target. Only the n-gram stage scores Chinese (the cascade sends English text
@@ -201,7 +210,8 @@ def calibrate(model: Classifier, dev: Sequence[Example], target: float, per_cate
             not_injection = np.array([e.category != "prompt_injection" for e in rows], dtype=bool)
             inj = np.array([s.injection for s in scores])
             thresholds[direction]["injection"] = macro_fpr_threshold(inj[not_injection], sources[not_injection],
-                                                                     target)
+                                                                     target if injection_target is None
+                                                                     else injection_target)
         if per_category:
             top = np.array([s.top_category() for s in scores], dtype=object)
             thresholds[direction].update(category_thresholds(harm[safe], top[safe], sources[safe], target,
@@ -303,7 +313,8 @@ def train(out_dir: Path, mirror: Path | None, config: TrainConfig = TrainConfig(
         encoder = train_encoder(rows, staging, config)
         model = CascadeClassifier(ngram, encoder)
     steps.update()
-    thresholds = calibrate(model, corpus.dev, config.target_fpr, config.per_category, config.per_language)
+    thresholds = calibrate(model, corpus.dev, config.target_fpr, config.per_category, config.per_language,
+                           config.injection_fpr)
     steps.update()
     card = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "train_seconds": None, "config": asdict(config),

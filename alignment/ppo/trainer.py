@@ -154,8 +154,8 @@ class PPOTrainer:
                            for p in self.prompts]
         self.ptx_chunks = self._chunk(ptx_texts) if config.ptx_coef > 0 else None
         if config.rollout_engine == "vllm":
-            self.rollout = VLLMRollout(checkpoint if resume else policy_dir, self.eos, dtype=config.vllm_dtype or fast_dtype(),
-                                       seed=config.seed)
+            self.rollout = VLLMRollout(checkpoint if resume else policy_dir, self.eos,
+                                       dtype=config.vllm_dtype or fast_dtype(), seed=config.seed)
         else:
             self.rollout = HFRollout(self.eos, self.pad)
         self.metrics_path = self.out_dir / "metrics.jsonl"

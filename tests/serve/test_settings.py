@@ -79,3 +79,10 @@ def test_policy_folder_is_what_gets_served(tmp_path):
         load_settings(["--policy", str(tmp_path)])  # not a model folder
     with pytest.raises(ValidationError, match="either --model or --policy"):
         load_settings(["--policy", str(policy), "--model", str(tmp_path)])
+
+
+def test_engine_dtype_defaults_to_bf16_only_where_native():
+    from serve.hardware import fast_dtype, native_bf16, use_bf16
+
+    assert load_settings([]).engine.dtype == fast_dtype() == ("bfloat16" if native_bf16() else "float32")
+    assert use_bf16(None) == native_bf16() and use_bf16(True) and not use_bf16(False)  # an explicit choice wins

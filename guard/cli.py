@@ -22,11 +22,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, default=default_artifact(), help="artifact folder (default: %(default)s)")
     train.add_argument("--data-mirror", type=Path, default=default_mirror(),
                        help="folder with the public data sets (default: %(default)s)")
-    train.add_argument("--target-fpr", type=float, default=0.05,
+    train.add_argument("--target-fpr", type=float, default=None,
                        help="calibration target of the harm heads, a macro false-positive rate on dev rows "
-                       "(default: %(default)s)")
-    train.add_argument("--injection-fpr", type=float, default=0.03,
-                       help="calibration target of the prompt-injection head (default: %(default)s)")
+                       "(default: TrainConfig's, 0.05)")
+    train.add_argument("--injection-fpr", type=float, default=None,
+                       help="calibration target of the prompt-injection head (default: TrainConfig's, 0.02)")
     train.add_argument("--per-category-thresholds", action="store_true",
                        help="also calibrate one threshold per hazard category (measured worse on held-out sets)")
     train.add_argument("--pooled-languages", action="store_true",
@@ -54,7 +54,8 @@ def main(args: Sequence[str]) -> int:
         from guard.classifiers.encoder import FinetuneConfig
         from guard.train import TrainConfig, train
 
-        config = TrainConfig(target_fpr=opts.target_fpr, injection_fpr=opts.injection_fpr,
+        targets = {"target_fpr": opts.target_fpr, "injection_fpr": opts.injection_fpr}
+        config = TrainConfig(**{k: v for k, v in targets.items() if v is not None},
                              per_category=opts.per_category_thresholds, per_language=not opts.pooled_languages,
                              finetune=FinetuneConfig(layers=opts.encoder_layers))
         card = train(opts.out, opts.data_mirror, config, fingerprint())

@@ -48,7 +48,7 @@ CHAT_LIKE_SOURCES = ("own_inputs_everyday", "own_inputs_benign_lookalikes", "own
 @dataclass(frozen=True)
 class TrainConfig:
     target_fpr: float = 0.05          # macro false-positive rate over dev sources of the harm heads
-    injection_fpr: float = 0.03       # ... and of the injection head (see calibrate)
+    injection_fpr: float = 0.02       # ... and of the injection head (see calibrate)
     dev_fraction: float = 0.15        # rows of each training source held back for calibration and metrics
     source_cap: int = 1500            # a source's rows weigh as at most this many, so big sets do not drown small ones
     ngram: NgramConfig = field(default_factory=NgramConfig)
@@ -178,7 +178,10 @@ def calibrate(model: Classifier, dev: Sequence[Example], target: float, per_cate
     by the injection head, which reads instructions to the assistant ("only output JSON", "act as a Linux
     terminal") as the jailbreaks it was trained on. With the injection head at 3% that fell to 4.2%, the
     deepset injection test's F1 rose from 0.831 to 0.867 (fewer benign German questions flagged), and
-    XSTest and JBB moved by at most one prompt each way.
+    XSTest and JBB moved by at most one prompt each way. With more own rows and the cascade's log-odds harm
+    (later the same day) the injection threshold calibrated at 3% fell from 0.089 to 0.071 and the everyday
+    prompts blocked rose from 2.8% to 6.1%, all by the injection head (long requests with code or context);
+    at 2%, 3.8% (deepset F1 0.922 -> 0.959; the harm decisions are untouched).
 
     `per_language`: Chinese inputs also get a harm threshold of their own (`unsafe_zh`), calibrated on the
     Chinese rows for the same target. Only the n-gram stage scores Chinese (the cascade sends English text

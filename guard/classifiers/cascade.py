@@ -1,6 +1,7 @@
 """The cascade: the fast n-gram stage scores every text; where it is unsure (its harm or injection
 score inside a band around the decision) and the text is not Chinese, the encoder is consulted and
-the two readings are averaged. Confident texts never pay for the encoder.
+the two readings are combined: harm scores as the mean of their log-odds, injection scores as the mean
+of their probabilities (`combine`). Confident texts never pay for the encoder.
 
 Only user inputs go through the cascade (one check per request). Streamed replies are checked at
 every release, and consulting the encoder there doubled the guarded time to first token under load
@@ -8,6 +9,7 @@ while making the output check worse on held-out data (JADE v3 unsafe answers): r
 n-gram stage."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +17,27 @@ from pathlib import Path
 from guard.classifiers.base import Classifier, Direction, Scores
 from guard.normalize import is_chinese
 
-BAND = (0.08, 0.97)  # fast-stage probabilities in this range count as unsure
+# Fast-stage probabilities in this range count as unsure: most English inputs (94% of the dev split's chat-like
+# ones). With 0.08-0.97 (73%), deepset's injection F1 was 0.867 against 0.929 and 4.2% of the dev split's
+# everyday prompts were blocked against 2.8% (2026-11-29, f277983's artifact, log-odds harm in both).
+BAND = (0.02, 0.995)
 
 
-def average(a: Scores, b: Scores) -> Scores:
+def logit(p: float, eps: float = 1e-4) -> float:
+    p = min(max(p, eps), 1 - eps)
+    return math.log(p / (1 - p))
+
+
+def combine(a: Scores, b: Scores) -> Scores:
+    """Two stages' readings of one text as one. Harm: the mean of the two log-odds, so that a stage that is
+    sure outweighs one that is not (0.65 and 0.03 give 0.19, not 0.34). Measured against the mean of the
+    probabilities on held-out sets (2026-11-29, the artifact of f277983, thresholds recalibrated): XSTest recall at 8% false positives
+    0.545 -> 0.645, JBB AUROC 0.827 -> 0.858, the dev rows' ranking unchanged. Injection: the mean of the
+    probabilities; in log-odds the heads' many near-zero readings dominate, and deepset's F1 fell 0.92 -> 0.91.
+    Category scores are averaged."""
     names = {*a.categories, *b.categories}
-    return Scores((a.unsafe + b.unsafe) / 2, (a.injection + b.injection) / 2,
+    harm = 1 / (1 + math.exp(-(logit(a.unsafe) + logit(b.unsafe)) / 2))
+    return Scores(harm, (a.injection + b.injection) / 2,
                   {k: (a.categories.get(k, 0.0) + b.categories.get(k, 0.0)) / 2 for k in names})
 
 
@@ -31,7 +48,7 @@ class CascadeClassifier:
     band: tuple[float, float] = BAND
     directions: tuple[Direction, ...] = ("input",)
     chinese: bool = False    # consult the second stage for Chinese text too (the English MiniLM is not)
-    replace: bool = False    # the second stage's reading replaces the first's (an LLM judge) instead of averaging
+    replace: bool = False    # the second stage's reading replaces the first's (an LLM judge) instead of combining
 
     @property
     def name(self) -> str:
@@ -49,7 +66,7 @@ class CascadeClassifier:
         ask = [i for i, (t, s) in enumerate(zip(texts, out)) if self.unsure(t, s, direction)]
         if ask:
             for i, second in zip(ask, self.slow.score([texts[i] for i in ask], direction)):
-                out[i] = second if self.replace else average(out[i], second)
+                out[i] = second if self.replace else combine(out[i], second)
         return out
 
 

@@ -30,15 +30,24 @@ def test_embeddings_are_normalised_and_semantic():
 
 
 def test_the_encoder_is_consulted_only_when_the_fast_stage_is_unsure():
-    fast = Fixed("fast", {"sure safe": 0.01, "sure unsafe": 0.99, "unsure": 0.5, "不确定的中文句子": 0.5})
+    fast = Fixed("fast", {"sure safe": 0.01, "sure unsafe": 0.999, "unsure": 0.5, "不确定的中文句子": 0.5})
     slow = Fixed("slow", {"unsure": 0.9})
     cascade = CascadeClassifier(fast, slow)
     scores = cascade.score(["sure safe", "sure unsafe", "unsure", "不确定的中文句子"], "input")
     assert slow.asked == ["unsure"]  # Chinese stays with the n-gram stage
-    assert [round(s.unsafe, 3) for s in scores] == [0.01, 0.99, 0.7, 0.5]
+    assert [round(s.unsafe, 3) for s in scores] == [0.01, 0.999, 0.75, 0.5]  # log-odds 0 and 2.197 -> 1.099
     assert [s.unsafe for s in cascade.score(["unsure"], "output")] == [0.5]  # replies: n-gram only
     assert slow.asked == ["unsure"]
     assert cascade.name == "fast+slow"
+
+
+def test_harm_combines_in_log_odds_and_injection_in_probability():
+    from guard.classifiers.cascade import combine
+
+    both = combine(Scores(0.65, 0.2, {"hate": 0.6}), Scores(0.03, 0.6, {"hate": 0.02, "privacy": 0.01}))
+    assert round(both.unsafe, 3) == 0.193  # a sure stage outweighs an unsure one (the mean would be 0.34)
+    assert round(both.injection, 3) == 0.4 and both.categories == {"hate": 0.31, "privacy": 0.005}
+    assert combine(Scores(1.0), Scores(1.0)).unsafe > 0.999 and combine(Scores(0.0), Scores(0.0)).unsafe < 1e-3
 
 
 def test_the_default_artifact_serves_the_cascade(guard_artifact):

@@ -31,10 +31,10 @@ def logit(p: float, eps: float = 1e-4) -> float:
 def combine(a: Scores, b: Scores) -> Scores:
     """Two stages' readings of one text as one. Harm: the mean of the two log-odds, so that a stage that is
     sure outweighs one that is not (0.65 and 0.03 give 0.19, not 0.34). Measured against the mean of the
-    probabilities on held-out sets (2026-11-29, the artifact of f277983, thresholds recalibrated): XSTest recall at 8% false positives
-    0.545 -> 0.645, JBB AUROC 0.827 -> 0.858, the dev rows' ranking unchanged. Injection: the mean of the
-    probabilities; in log-odds the heads' many near-zero readings dominate, and deepset's F1 fell 0.92 -> 0.91.
-    Category scores are averaged."""
+    probabilities on held-out sets (2026-11-29, the artifact of f277983, thresholds recalibrated): XSTest
+    recall at 8% false positives 0.545 -> 0.645, JBB AUROC 0.827 -> 0.858, the dev rows' ranking unchanged.
+    Injection: the mean of the probabilities; in log-odds the heads' many near-zero readings dominate, and
+    deepset's F1 fell 0.92 -> 0.91. Category scores are averaged."""
     names = {*a.categories, *b.categories}
     harm = 1 / (1 + math.exp(-(logit(a.unsafe) + logit(b.unsafe)) / 2))
     return Scores(harm, (a.injection + b.injection) / 2,

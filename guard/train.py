@@ -43,6 +43,10 @@ CARD_FILE = "card.json"
 CHAT_LIKE_SOURCES = ("own_inputs_everyday", "own_inputs_benign_lookalikes", "own_inputs_instruction_shapes",
                      "own_inputs_injection", "coconot", "coconot_contrast", "do_not_answer", "forbidden_questions",
                      "deepset_train", "hatecheck_en", "hatecheck_zh")
+# The injection head is calibrated on those and on benign requests that carry instructions to the assistant
+# (role-play, output formats, pasted documents and code, long requests): the false positives it makes.
+INSTRUCTION_SOURCES = ("own_inputs_instructions_injection_en", "own_inputs_instructions_injection_zh",
+                       "own_inputs_long_benign")
 
 
 @dataclass(frozen=True)
@@ -181,7 +185,11 @@ def calibrate(model: Classifier, dev: Sequence[Example], target: float, per_cate
     XSTest and JBB moved by at most one prompt each way. With more own rows and the cascade's log-odds harm
     (later the same day) the injection threshold calibrated at 3% fell from 0.089 to 0.071 and the everyday
     prompts blocked rose from 2.8% to 6.1%, all by the injection head (long requests with code or context);
-    at 2%, 3.8% (deepset F1 0.922 -> 0.959; the harm decisions are untouched).
+    at 2%, 3.8% (deepset F1 0.922 -> 0.959; the harm decisions are untouched). The injection threshold is
+    calibrated on INSTRUCTION_SOURCES too, benign requests full of instructions to the assistant: on the chat-like
+    rows alone the threshold (0.135) blocked 24% of the dev split's long benign requests and 44% / 32% of its
+    English / Chinese instruction-rich ones; with them (0.294), 12% and 27% / 15%, everyday prompts 3.3% -> 1.4%,
+    deepset F1 0.935 -> 0.940 (2026-11-29 night). The harm thresholds are calibrated as before.
 
     `per_language`: Chinese inputs also get a harm threshold of their own (`unsafe_zh`), calibrated on the
     Chinese rows for the same target. Only the n-gram stage scores Chinese (the cascade sends English text
@@ -195,9 +203,10 @@ def calibrate(model: Classifier, dev: Sequence[Example], target: float, per_cate
     thresholds: dict[str, dict[str, float]] = {"input": {}, "output": {}}
     for direction in ("input", "output"):
         rows = [e for e in dev if e.direction == direction
-                and (direction == "output" or e.unsafe or e.source in CHAT_LIKE_SOURCES)]
+                and (direction == "output" or e.unsafe or e.source in CHAT_LIKE_SOURCES + INSTRUCTION_SOURCES)]
         scores = score_readings(model, [e.text for e in rows], direction)
-        safe = np.array([not e.unsafe for e in rows], dtype=bool)
+        chat_like = np.array([direction == "output" or e.source not in INSTRUCTION_SOURCES for e in rows], dtype=bool)
+        safe = np.array([not e.unsafe for e in rows], dtype=bool) & chat_like  # the harm heads' benign rows
         # The project's own reply files count as one group: split into many small files (some of them contrast
         # pairs built to be hard), each would otherwise weigh as much as a public set of thousands of replies.
         sources = np.array(["own" if direction == "output" and e.source.startswith("own_") else e.source

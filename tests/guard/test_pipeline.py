@@ -261,8 +261,9 @@ def test_the_injection_head_is_calibrated_on_instruction_rich_requests_too():
             for h, i in zip(rng.uniform(0, 1, 400), rng.uniform(0, 0.2, 400))]
     instructions = [Example(f"act as {h:.4f} {i:.4f}", False, None, "en", "input", INSTRUCTION_SOURCES[0])
                     for h, i in zip(rng.uniform(0, 0.1, 400), rng.uniform(0, 0.8, 400))]
-    alone = calibrate(Reads(), chat, 0.05, injection_target=0.02)["input"]
-    both = calibrate(Reads(), chat + instructions, 0.05, injection_target=0.02)["input"]
+    replies = [Example(f"a reply {h:.4f} 0", False, None, "en", "output", "replies") for h in rng.uniform(0, 1, 100)]
+    alone = calibrate(Reads(), chat + replies, 0.05, injection_target=0.02)["input"]
+    both = calibrate(Reads(), chat + instructions + replies, 0.05, injection_target=0.02)["input"]
     assert both["unsafe"] == alone["unsafe"]
     assert alone["injection"] < 0.2 < both["injection"]
     macro = np.mean([np.mean([float(e.text.split()[-1]) >= both["injection"] for e in rows])

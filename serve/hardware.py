@@ -10,15 +10,19 @@ from __future__ import annotations
 import functools
 
 
+def cpu_has(probe: str) -> bool:
+    """One of torch.cpu's own feature checks (private API: False where this torch lacks it)."""
+    import torch
+
+    return getattr(torch.cpu, probe, lambda: False)()
+
+
 @functools.cache
 def native_bf16() -> bool:
     """A CUDA device, or a CPU with AVX512-BF16 or AMX tiles."""
     import torch
 
-    if torch.cuda.is_available():
-        return True
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own checks (private API)
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return torch.cuda.is_available() or cpu_has("_is_avx512_bf16_supported") or cpu_has("_is_amx_tile_supported")
 
 
 @functools.cache
@@ -26,7 +30,7 @@ def amx_cpu() -> bool:
     """A CPU with AMX tiles (and no CUDA device)."""
     import torch
 
-    return not torch.cuda.is_available() and getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return not torch.cuda.is_available() and cpu_has("_is_amx_tile_supported")
 
 
 def fast_dtype() -> str:

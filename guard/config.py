@@ -65,8 +65,8 @@ class GuardSettings(BaseModel):
     thresholds: dict[Literal["input", "output"], dict[str, float]] = Field(
         default_factory=dict, description="Overrides of the artifact's calibrated thresholds (scores in 0-1), per "
         "direction: a hazard category (e.g. {\"output\": {\"suicide_self_harm\": 0.3}}), 'unsafe' (the default "
-        "of every category without its own), 'injection' (input), or 'unsafe_zh' / 'injection_zh' (input, for "
-        "Chinese text). Applied as given, after unsafe_threshold_scale.")
+        "of every category without its own), 'injection' (input), or 'unsafe_zh' / 'injection_zh' / a category + "
+        "'_zh' (input, for Chinese text). Applied as given, after unsafe_threshold_scale.")
     judge: JudgeSettings = Field(default_factory=JudgeSettings, description="Optional LLM judge.")
     audit_db: Path | None = Field(None, description="SQLite file for the audit of blocks; default <cache-dir>/audit.db.")
     audit_raw_text: bool = Field(False, description="Store the blocked text itself in the audit table.")
@@ -76,8 +76,8 @@ class GuardSettings(BaseModel):
     def _known_thresholds(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
         from guard.taxonomy import Category
 
-        known = {"unsafe", "injection", "unsafe_zh", "injection_zh"} | {
-            c.value for c in Category if c is not Category.PROMPT_INJECTION}
+        categories = {c.value for c in Category if c is not Category.PROMPT_INJECTION}
+        known = {"unsafe", "injection", "unsafe_zh", "injection_zh"} | categories | {c + "_zh" for c in categories}
         for direction, overrides in value.items():
             for key, threshold in overrides.items():
                 if key not in known:

@@ -61,6 +61,8 @@ class TrainConfig:
                                       # 400, mixed-set AUPRC 0.902 -> 0.911 and Davidson 0.18 -> 0.23 (2026-12-07)
     finetune: FinetuneConfig | None = field(default_factory=FinetuneConfig)  # None: heads on the packaged encoder
     per_category: bool = False        # also calibrate a threshold per hazard category (see category_thresholds)
+    lower_bars: tuple[tuple[str, float], ...] = (("suicide_self_harm", 0.8),)  # input categories blocked at a
+                                      # fraction of the calibrated threshold (see calibrate)
     per_language: bool = True         # calibrate Chinese inputs on their own (see calibrate)
     openings: bool = True             # train the output direction on the first words of safe replies (see openings)
 
@@ -174,7 +176,8 @@ def harm_threshold(thresholds: dict[str, float], category: str | None) -> float:
 
 
 def calibrate(model: Classifier, dev: Sequence[Example], target: float, per_category: bool = False,
-              per_language: bool = False, injection_target: float | None = None) -> dict[str, dict[str, float]]:
+              per_language: bool = False, injection_target: float | None = None,
+              lower_bars: Sequence[tuple[str, float]] = ()) -> dict[str, dict[str, float]]:
     """Thresholds per direction for the target false-positive rate on the dev rows (the injection head's own
     target where given, else the same).
 
@@ -200,7 +203,14 @@ def calibrate(model: Classifier, dev: Sequence[Example], target: float, per_cate
     0.62 to 0.53, which raised XSTest's safe-prompt false-positive rate from 0.128 to 0.196 and the PPO
     policy's over-refusal (the alignment recipe's guard costs read the input check) from 0.128 to 0.180. The
     injection threshold calibrated on Chinese rows alone fell to 0.006 (the head scores nearly all Chinese
-    text near zero) and flagged 9% of the dev split's Chinese everyday prompts, against 1% at the shared one."""
+    text near zero) and flagged 9% of the dev split's Chinese everyday prompts, against 1% at the shared one.
+
+    `lower_bars`: (category, fraction) pairs: an input whose top category is one of these is blocked at that
+    fraction of the input harm threshold (each language's). A policy, not a calibration: for self-harm a missed
+    request costs more than an over-refusal, and a blocked one gets a reply that points to help
+    (`serve.chat.refusal_text`). At 0.8, on the dev split (2026-12-07, artifact 78a0542b): English self-harm
+    requests blocked 0.783 -> 0.855 (69 rows), Chinese 0.529 -> 0.706 (17), for 5 more of the English benign
+    rows and none of the Chinese (macro FPR 0.0782 -> 0.0787); at 0.6, 0.884 / 0.824 for 15 and 5 more."""
     thresholds: dict[str, dict[str, float]] = {"input": {}, "output": {}}
     for direction in ("input", "output"):
         rows = [e for e in dev if e.direction == direction
@@ -229,6 +239,11 @@ def calibrate(model: Classifier, dev: Sequence[Example], target: float, per_cate
             top = np.array([s.top_category() for s in scores], dtype=object)
             thresholds[direction].update(category_thresholds(harm[safe], top[safe], sources[safe], target,
                                                              thresholds[direction]["unsafe"]))
+        if direction == "input":
+            for category, fraction in lower_bars:
+                for suffix, _ in groups:
+                    base = thresholds[direction].get(category + suffix, thresholds[direction]["unsafe" + suffix])
+                    thresholds[direction][category + suffix] = round(fraction * base, 4)
     return thresholds
 
 
@@ -327,7 +342,7 @@ def train(out_dir: Path, mirror: Path | None, config: TrainConfig = TrainConfig(
         model = CascadeClassifier(ngram, encoder)
     steps.update()
     thresholds = calibrate(model, corpus.dev, config.target_fpr, config.per_category, config.per_language,
-                           config.injection_fpr)
+                           config.injection_fpr, config.lower_bars)
     steps.update()
     card = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "train_seconds": None, "config": asdict(config),

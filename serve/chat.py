@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from guard.interface import Guard, OutputGate, Release, Unguarded, Verdict
 from guard.normalize import is_chinese
-from guard.taxonomy import category_label
+from guard.taxonomy import Category, category_label
 from serve.engine import Engine
 from serve.errors import APIError, error_payload
 from serve.metrics import ServerMetrics
@@ -33,8 +33,23 @@ def sse(payload: str) -> str:
 SSE_DONE = sse("[DONE]")
 
 
+# A blocked self-harm request may come from someone in crisis: the reply points to help instead of only declining.
+SELF_HARM_REPLY = {
+    "en": "It sounds like you may be going through something really painful, and I can't help with that request "
+          "(safety category: suicide and self-harm). You don't have to face this alone: if you are in danger, call "
+          "your local emergency number. In the US you can call or text 988 (Suicide & Crisis Lifeline); in the UK and "
+          "Ireland call Samaritans on 116 123; elsewhere findahelpline.com lists free, confidential lines. I'm "
+          "here to talk about how you're feeling, too.",
+    "zh": "听起来你可能正在经历很痛苦的事情，这个请求我不能协助（安全类别：自杀与自残）。你不必独自面对：如果你有危险，"
+          "请立即拨打 120 或 110；你也可以拨打全国统一心理援助热线 12356，或在 findahelpline.com 找到你所在地区的免费、"
+          "保密热线。如果你愿意，也可以和我聊聊你现在的感受。",
+}
+
+
 def refusal_text(user_text: str, category: str | None) -> str:
-    """A short refusal in the user's language that names the concern."""
+    """A short refusal in the user's language that names the concern (for self-harm, one that points to help)."""
+    if category == Category.SELF_HARM.value:
+        return SELF_HARM_REPLY["zh" if is_chinese(user_text) else "en"]
     topic = category_label(category, is_chinese(user_text))
     if is_chinese(user_text):
         return f"抱歉，我不能协助处理这个请求（安全类别：{topic}）。如果你有其他问题，我很乐意帮忙。"

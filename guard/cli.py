@@ -33,8 +33,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="no input harm threshold of its own for Chinese text (one for both languages)")
     train.add_argument("--encoder-layers", type=int, default=None, choices=range(1, 7), metavar="N",
                        help="keep the first N of MiniLM's 6 layers (3: half the latency, a worse XSTest; see README)")
-    train.add_argument("--seed", type=int, default=0,
-                       help="the encoder's fine-tuning seed (default: %(default)s); the goal lines move with it, see README")
+    train.add_argument("--seed", type=int, default=None,
+                       help="the encoder's fine-tuning seed (default: FinetuneConfig's, 0); the goal lines move with it, "
+                       "see README")
     check = sub.add_parser("check", help="classify texts given as arguments (or lines on stdin)")
     check.add_argument("texts", nargs="*")
     check.add_argument("--direction", choices=["input", "output"], default="input")
@@ -57,9 +58,10 @@ def main(args: Sequence[str]) -> int:
         from guard.train import TrainConfig, train
 
         targets = {"target_fpr": opts.target_fpr, "injection_fpr": opts.injection_fpr}
+        seed = {} if opts.seed is None else {"seed": opts.seed}
         config = TrainConfig(**{k: v for k, v in targets.items() if v is not None},
                              per_category=opts.per_category_thresholds, per_language=not opts.pooled_languages,
-                             finetune=FinetuneConfig(layers=opts.encoder_layers, seed=opts.seed))
+                             finetune=FinetuneConfig(layers=opts.encoder_layers, **seed))
         card = train(opts.out, opts.data_mirror, config, fingerprint())
         print((opts.out / "card.md").read_text())
         print(f"artifact written to {opts.out} ({card['train_seconds']} s)")

@@ -67,7 +67,7 @@ class GuardPipeline:
         """`threads` caps torch's threads for the encoder, process-wide: 1 in the server, which leaves the
         other cores to the engine; None leaves them alone (training jobs that use the guard)."""
         thresholds = json.loads((folder / THRESHOLDS_FILE).read_text())
-        classifier = load_classifier(folder, threads=threads)
+        classifier = load_classifier(folder, threads=threads, compile=settings.compile_encoder)
         judge = settings.judge
         if judge.url:
             from guard.classifiers.cascade import CascadeClassifier

@@ -304,7 +304,8 @@ def metrics_by_source(model: Classifier, rows: Sequence[Example], thresholds: di
 def train_encoder(rows: Sequence[Example], folder: Path, config: TrainConfig) -> EncoderClassifier:
     """The MiniLM stage, on the rows the cascade sends it: text that is not Chinese (the packaged MiniLM reads
     little Chinese, and the cascade leaves Chinese to the n-gram stage). The encoder is fine-tuned on the input
-    rows, written to `folder / ENCODER_DIR`, then heads are fit on its int8 embeddings. Chinese rows are left out
+    rows, written to `folder / ENCODER_DIR`, then heads are fit on the embeddings it will serve (bf16 where the
+    CPU has it natively, int8 elsewhere: see Embedder). Chinese rows are left out
     before the per-source cap, so that in a source of both languages they do not take English rows' places."""
     sample = capped([e for e in rows if not is_chinese(e.text)], config.encoder_cap)
     weights = source_weights(sample, config.encoder_cap)

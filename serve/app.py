@@ -20,7 +20,7 @@ from serve.feedback import FeedbackStore
 from serve.chat import current_request_id
 from serve.dashboard import MetricsHistory
 from serve.default_model import DEFAULT_MODEL_NAME, ensure_default_model
-from serve.engine import Engine
+from serve.engine import Engine, prepare_process_env
 from serve.errors import install_error_handlers
 from serve.metrics import HTTPMetricsMiddleware, ServerMetrics
 from serve.routes import router
@@ -98,6 +98,7 @@ async def start_engine(state: AppState, stack: AsyncExitStack) -> None:
     """Start the guard, resolve the model and start the engine; on failure, record why and stop the server."""
     settings = state.settings
     try:
+        prepare_process_env(settings.engine, settings.cache_dir)  # before the guard: its encoder compiles into our caches
         if settings.guard.enabled:
             state.guard = await asyncio.to_thread(start_guard, state)
             stack.callback(state.guard.close)

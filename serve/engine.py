@@ -28,8 +28,8 @@ def default_cpu_bind() -> str:
 
 
 def prepare_process_env(settings: EngineSettings, cache_dir: Path) -> None:
-    """Environment the engine's child process inherits: core pinning and caches inside our cache dir.
-    Values already set by the user win."""
+    """Environment the engine's child process inherits: core pinning and caches inside our cache dir (the
+    guard's encoder compiles into the same inductor cache). Values already set by the user win."""
     env = {
         "VLLM_CPU_OMP_THREADS_BIND": settings.cpu_threads_bind or default_cpu_bind(),
         "VLLM_CACHE_ROOT": str(cache_dir / "vllm"),

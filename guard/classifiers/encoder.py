@@ -24,6 +24,7 @@ import importlib.util
 import logging
 import random
 import threading
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -99,6 +100,7 @@ class Embedder:
         where compiling fails (no C++ compiler, say) the eager model goes on serving: slower, the same numbers."""
         import torch._inductor.config
 
+        started = time.monotonic()
         try:
             fast = torch.compile(self.model, dynamic=True)
             # Frozen weights (constants, prepacked for oneDNN): ~1.4x faster than without. Set as a config patch
@@ -106,6 +108,7 @@ class Embedder:
             with torch._inductor.config.patch(freezing=True), torch.inference_mode():
                 fast(**example)
             self.single = fast
+            log.info("the guard's encoder is compiled (%.0f s)", time.monotonic() - started)
         except Exception as exc:  # noqa: BLE001 (any failure leaves the eager model, which works)
             log.warning("torch.compile failed for the guard's encoder (%s: %s); it runs eagerly",
                         type(exc).__name__, str(exc)[:200])

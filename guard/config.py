@@ -68,7 +68,7 @@ class GuardSettings(BaseModel):
         "of every category without its own), 'injection' (input), or 'unsafe_zh' / 'injection_zh' / a category + "
         "'_zh' (input, for Chinese text). Applied as given, after unsafe_threshold_scale.")
     compile_encoder: bool = Field(True, description="Compile the MiniLM encoder with torch.compile where it runs in "
-                                  "bf16 (CPUs with AMX/AVX512-BF16), in the background after load (~10 s of one core; "
+                                  "bf16 (CPUs with AMX/AVX512-BF16), in the background after load (~30 s; "
                                   "the eager encoder serves meanwhile): faster checks of English text the n-gram "
                                   "stage is unsure of.")
     judge: JudgeSettings = Field(default_factory=JudgeSettings, description="Optional LLM judge.")

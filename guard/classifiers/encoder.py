@@ -11,7 +11,7 @@ epochs over ~21,700 rows take ~6 minutes on two cores with native bf16 (AVX512-B
 
 Where the CPU computes bf16 natively (AVX512-BF16/AMX) the encoder serves in bf16, the precision it was
 fine-tuned in, compiled with torch.compile (inductor, frozen weights) for texts embedded one at a time:
-about 1.6x faster than int8 on one core. Elsewhere its Linear layers run in int8 (dynamic quantisation:
+1.6-1.8x faster than int8 on one core. Elsewhere its Linear layers run in int8 (dynamic quantisation:
 weights int8, activations quantised per call), about twice as fast as float32 there. int8 embeddings
 drift from float ones (cosine ~0.96) and cost quality: heads fit on bf16 embeddings of the same fine-tuned
 encoders met XSTest's, JBB's and deepset's lines better on three fine-tuning seeds out of three (2026-12-07;
@@ -96,13 +96,15 @@ class Embedder:
             self.compiled.set()
 
     def _compile(self, example: dict) -> None:
-        """Compile the model for one text of any length (~10 s, once per process) while the eager model serves;
+        """Compile the model for one text of any length (~30 s, once per process) while the eager model serves;
         where compiling fails (no C++ compiler, say) the eager model goes on serving: slower, the same numbers."""
         import torch._inductor.config
 
         started = time.monotonic()
         try:
-            fast = torch.compile(self.model, dynamic=True)
+            # max-autotune times oneDNN's Linear against inductor's AMX micro-GEMMs: 2.2 / 3.4 / 6.2 ms against
+            # 3.2 / 4.4 / 6.6 ms at 16 / 64 / 128 tokens, for ~27 s of compiling instead of ~12.
+            fast = torch.compile(self.model, dynamic=True, mode="max-autotune-no-cudagraphs")
             # Frozen weights (constants, prepacked for oneDNN): ~1.4x faster than without. Set as a config patch
             # around the first call, which compiles: compile()'s `options` did not freeze (2.13).
             with torch._inductor.config.patch(freezing=True), torch.inference_mode():

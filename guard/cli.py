@@ -72,7 +72,8 @@ def main(args: Sequence[str]) -> int:
         if not (opts.artifact / "thresholds.json").is_file():
             print(f"no guard artifact at {opts.artifact}: run `guardchat guard train` first", file=sys.stderr)
             return 2
-        guard = GuardPipeline.load(opts.artifact, GuardSettings(compile_encoder=False))  # a few texts: not worth ~30 s of compiling
+        # A few texts: not worth ~30 s of compiling the encoder.
+        guard = GuardPipeline.load(opts.artifact, GuardSettings(compile_encoder=False))
         for text in opts.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]:
             v = guard.decide(text, opts.direction, context=opts.context)
             top = sorted(v.scores.items(), key=lambda kv: -kv[1])[:3]

@@ -98,7 +98,7 @@ async def start_engine(state: AppState, stack: AsyncExitStack) -> None:
     """Start the guard, resolve the model and start the engine; on failure, record why and stop the server."""
     settings = state.settings
     try:
-        prepare_process_env(settings.engine, settings.cache_dir)  # before the guard: its encoder compiles into it
+        prepare_process_env(settings.engine, settings.cache_dir)  # before the guard, whose encoder compiles
         if settings.guard.enabled:
             state.guard = await asyncio.to_thread(start_guard, state)
             stack.callback(state.guard.close)

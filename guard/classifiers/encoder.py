@@ -26,6 +26,7 @@ import random
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,7 @@ class Embedder:
         self.dim = self.model.config.hidden_size
         self.single = self.model  # what one text runs through: the compiled model, once it is ready
         self.compiled = threading.Event()
+        self.lock = threading.Lock()  # one call at a time: a shared embedder may serve several guards' threads
         if compile and self.model.dtype == torch.bfloat16:
             # Tokenized here: a fast tokenizer used from two threads at once can fail ("Already borrowed"). In
             # inference mode, as in __call__: inputs made outside it recompiled at the first real call, unfrozen.
@@ -117,8 +119,27 @@ class Embedder:
         finally:
             self.compiled.set()
 
+    @classmethod
+    def shared(cls, path: Path | None = None, int8: bool | None = None, compile: bool = False) -> Embedder:
+        """The process's one embedder for this encoder folder and these settings, loaded on first use and kept
+        while anything holds it: every guard loaded in a process (the test suite loads dozens) shares its weights
+        and its compile, which torch would otherwise redo per load (~30 s each, and dynamo stops compiling after
+        8). A folder whose files change (retrained in place) loads anew."""
+        folder = path or minilm_dir()
+        files = tuple(sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in folder.iterdir()))
+        key = (str(folder.resolve()), files, int8, compile)
+        with _SHARED_LOCK:
+            embedder = _SHARED.get(key)
+            if embedder is None:
+                embedder = _SHARED[key] = cls(path, int8=int8, compile=compile)
+        return embedder
+
     @torch.inference_mode()
     def __call__(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        with self.lock:
+            return self._embed(texts, progress)
+
+    def _embed(self, texts: Sequence[str], progress: bool) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([len(t) for t in texts])  # similar lengths per batch: little padding
         batches = range(0, len(texts), self.batch_size)
@@ -128,6 +149,10 @@ class Embedder:
                                    max_length=self.max_length, return_tensors="pt")
             out[index] = mean_pooled(self.single if len(index) == 1 else self.model, batch).numpy()
         return out
+
+
+_SHARED: weakref.WeakValueDictionary[tuple, Embedder] = weakref.WeakValueDictionary()
+_SHARED_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -246,4 +271,4 @@ class EncoderClassifier:
         if path is not None and not path.is_dir():
             raise FileNotFoundError(f"the guard artifact at {folder} lacks its fine-tuned encoder ({path})")
         # The encoder the heads were fit on: int8, or float (bf16 where native, float32 elsewhere: cosine 0.9999).
-        return cls(saved["heads"], Embedder(path, int8=saved.get("int8", False), compile=compile))
+        return cls(saved["heads"], Embedder.shared(path, int8=saved.get("int8", False), compile=compile))

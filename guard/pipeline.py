@@ -209,7 +209,14 @@ def worst(verdicts: Sequence[Verdict]) -> Verdict:
     return max(verdicts, key=lambda v: order[v.action], default=Verdict(Action.ALLOW, reason="empty input"))
 
 
-SENTENCE_END = re.compile(r"[.!?。！？;；:\n](?=\s|$)|[。！？；\n]")
+# A sentence end once the space after it has arrived ("3." or "john." may go on as "3.14" or "john.doe@...").
+SENTENCE_END = re.compile(r"[.!?;:](?=\s)|[。！？；：\n]")
+# A number that may still be being written at the end of a release (a card, phone or ID number with separators):
+# released only once something other than digits and separators follows it, so that the PII rules see it whole.
+NUMBER_TAIL = re.compile(r"[+(]?\d[\d \-().]*$")
+MAX_NUMBER_HOLD = 64  # longer runs of digits are not one number the rules redact: released as usual
+OPEN_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----(?![\s\S]*-----END [A-Z ]*PRIVATE KEY-----)")
+MAX_KEY_HOLD = 8192  # a PEM private key block is held whole (the rules redact it whole), up to this many characters
 
 
 class StreamModerator:
@@ -250,12 +257,24 @@ class StreamModerator:
         window is short, so the client sees the reply start soon after the first words."""
         ends = [m.end() for m in SENTENCE_END.finditer(self.held)]
         if ends:
-            return ends[-1]
+            return self._before_open_key(ends[-1])
         window = self.hold_chars if self.released else self.first_hold_chars
-        if len(self.held) >= window:
-            space = self.held.rfind(" ")
-            return space + 1 if space > 0 else len(self.held)
-        return 0
+        if len(self.held) < window:
+            return 0
+        space = self.held.rfind(" ")
+        return self._before_open_key(self._before_open_number(space + 1 if space > 0 else len(self.held)))
+
+    def _before_open_key(self, cut: int) -> int:
+        """`cut`, moved back to the start of a private key block whose end line has not come yet."""
+        key = OPEN_KEY.search(self.held, 0, cut)
+        return key.start() if key and cut - key.start() <= MAX_KEY_HOLD else cut
+
+    def _before_open_number(self, cut: int) -> int:
+        """`cut`, moved back to the start of a number that runs up to it and may go on in text not yet held."""
+        if cut < len(self.held) and not re.match(r"[\d \-().]", self.held[cut]):
+            return cut  # the number ended inside the held text
+        number = NUMBER_TAIL.search(self.held, 0, cut)
+        return number.start() if number and cut - number.start() <= MAX_NUMBER_HOLD else cut
 
     async def _check(self, cut: int, final: bool = False) -> Release:
         # Judge exactly what the client will have seen after this release. (Judging the held text

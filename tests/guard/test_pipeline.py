@@ -189,6 +189,29 @@ def test_moderator_redacts_personal_data(guard):
     assert "example.com" not in released and "555" not in released
 
 
+KEY = "-----BEGIN RSA PRIVATE KEY-----\n" + "\n".join(["MIIEpAIBAAKCAQEA7bq9x2Lk5n3Zr8Qw1Yt6Uo0Pa4Sd"] * 6) + \
+      "\n-----END RSA PRIVATE KEY-----"
+
+
+@pytest.mark.parametrize("size", [1, 4, 7])
+def test_personal_data_split_across_releases_is_redacted_whole(guard, size):
+    """Past the first window the gate releases up to the last space or sentence end: a spaced card number, a
+    phone number, an e-mail address or a key block must not go out in pieces the rules cannot recognise alone.
+    The padding moves where the windows fall."""
+    for pad in range(10):  # 5 characters each
+        reply = ("Thanks for waiting, " + "very " * pad + "here are the details you asked about: the card on file is "
+                 "4111 1111 1111 1111 and it expires next year. Write to john.doe@example.com. Or call +44 20 7946 "
+                 f"0958 any time. The deploy key is below.\n{KEY}\nKeep it somewhere safe.")
+        releases = run_stream(guard, [reply[i:i + size] for i in range(0, len(reply), size)])
+        released = "".join(r.text for r in releases)
+        assert not any(r.blocked for r in releases)
+        for leak in ("4111", "1111", "john", "example.com", "7946", "0958", "MIIE", "BEGIN"):
+            assert leak not in released, (pad, leak, released)
+        for placeholder in ("[CREDIT_CARD]", "[EMAIL]", "[PHONE]", "[SECRET]"):
+            assert placeholder in released, (pad, released)
+        assert released.endswith("Keep it somewhere safe.")
+
+
 @pytest.mark.parametrize("fail_closed,expected", [(True, Action.BLOCK), (False, Action.ALLOW)])
 def test_a_broken_classifier_fails_closed(guard_artifact, tmp_path, fail_closed, expected):
     broken = tmp_path / "broken"

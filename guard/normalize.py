@@ -27,11 +27,21 @@ HOMOGLYPHS = str.maketrans({
 LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i",
                       "|": "l", "+": "t"})
 ZERO_WIDTH = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\u00ad\u034f\u180e]")
-# A word with a leet digit/symbol between letters: "b0mb", "h4ck", "k!ll", "m3th".
-LEET_WORD = re.compile(r"\b[a-zA-Z]*[a-zA-Z][0-9@$!|+]+[a-zA-Z][a-zA-Z0-9@$!|+]*")
-# Letters spaced out to dodge word matching: "b o m b", "k.i.l.l", "m-e-t-h".
-SPACED = re.compile(r"(?<!\w)(?:[a-zA-Z][ .\-_*]){2,}[a-zA-Z](?!\w)")
+# A word with a leet digit/symbol between letters ("b0mb", "h4ck", "k!ll", "m3th") or leading them ("4nthrax",
+# "3xpl0sive").
+LEET_WORD = re.compile(r"\b[a-zA-Z]*[a-zA-Z][0-9@$!|+]+[a-zA-Z][a-zA-Z0-9@$!|+]*"
+                       r"|(?<![\w@$!|+])(?!0x)[013457][a-zA-Z]{3,}[a-zA-Z0-9@$!|+]*")
+# Combining marks on a letter left after NFKC (which composes the ones that make letters, "é"): strike-through,
+# underline, "Zalgo" stacks drawn over words to hide them ("m̶e̶t̶h"). Not after a space: NFKC makes a spacing
+# accent (the "´" of a kaomoji) a space and a combining mark.
+COMBINING = re.compile("(?<=\\w)[\u0300-\u036f\u0483-\u0489\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+")
+# Chinese characters spaced out one by one ("制 造 炸 药"): Chinese prose has no spaces between characters.
+SPACED_CJK = re.compile(r"(?<![\u4e00-\u9fff])[\u4e00-\u9fff](?:\s[\u4e00-\u9fff]){2,}(?![\u4e00-\u9fff])")
+# Letters spaced out to dodge word matching, the same separator throughout: "b o m b", "k.i.l.l", "m-e-t-h",
+# "b  o  m  b" (so that "I g n o r e   y o u r" reads "Ignore your").
+SPACED = re.compile(r"(?<!\w)[a-zA-Z](?P<sep>[ .\-_*]{1,3})(?:[a-zA-Z](?P=sep))+[a-zA-Z](?!\w)")
 BASE64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/=])")
+BASE32 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Z2-7]{16,}={0,6}(?![A-Za-z0-9+/=])")
 HEX = re.compile(r"(?<![0-9a-fA-F])(?:[0-9a-fA-F]{2}[ :]?){8,}(?![0-9a-fA-F])")
 PERCENT = re.compile(r"(?:%[0-9a-fA-F]{2}){4,}")
 ROT13_HINT = re.compile(r"rot-?13", re.IGNORECASE)
@@ -60,13 +70,13 @@ def is_chinese(text: str) -> bool:
 
 
 def canonical(text: str) -> str:
-    """NFKC (full-width letters, ligatures; not Chinese punctuation), no zero-width/control characters, homoglyphs folded to Latin,
-    spaced-out letters rejoined; whitespace collapsed."""
+    """NFKC (full-width letters, ligatures; not Chinese punctuation), no zero-width/control characters or stray
+    combining marks, homoglyphs folded to Latin, spaced-out letters rejoined; whitespace collapsed."""
     text = "".join(part if CJK_PUNCTUATION.fullmatch(part) else unicodedata.normalize("NFKC", part)
                    for part in CJK_PUNCTUATION.split(text))
     text = ZERO_WIDTH.sub("", text)
     text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
-    text = text.translate(HOMOGLYPHS)
+    text = COMBINING.sub("", text).translate(HOMOGLYPHS)
     text = SPACED.sub(lambda m: re.sub(r"[ .\-_*]", "", m.group()), text)
     return re.sub(r"[ \t]+", " ", text).strip()
 
@@ -83,8 +93,16 @@ def _printable(decoded: bytes) -> str | None:
 
 
 def hidden_payloads(text: str) -> list[str]:
-    """Text hidden inside base64, hex or percent-encoding (and ROT13 when the text mentions it)."""
+    """Text hidden inside base64, base32, hex or percent-encoding (and ROT13 when the text mentions it)."""
     found: list[str] = []
+    for match in BASE32.finditer(text):
+        chunk = match.group()
+        try:
+            decoded = _printable(base64.b32decode(chunk + "=" * (-len(chunk) % 8)))
+        except (binascii.Error, ValueError):
+            decoded = None
+        if decoded:
+            found.append(decoded)
     for match in BASE64.finditer(text):
         chunk = match.group()
         try:
@@ -116,7 +134,7 @@ def unleet(text: str) -> str:
 def normalize(text: str, depth: int = 2) -> Normalized:
     """Canonical text plus its other readings (payloads inside payloads up to `depth` levels)."""
     main = canonical(text)
-    readings: list[str] = [unleet(main)]
+    readings: list[str] = [unleet(main), SPACED_CJK.sub(lambda m: re.sub(r"\s+", "", m.group()), main)]
     frontier = [text]
     for _ in range(depth):
         frontier = [canonical(p) for t in frontier for p in hidden_payloads(t)]

@@ -20,6 +20,7 @@ quantisation takes one activation scale per call, so a text's int8 embedding dep
 with (cosine down to ~0.92): in int8 every text is embedded alone, in training, calibration and serving."""
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import logging
 import random
@@ -93,6 +94,7 @@ class Embedder:
             # inference mode, as in __call__: inputs made outside it recompiled at the first real call, unfrozen.
             with torch.inference_mode():
                 example = self.tokenizer(["Compile the encoder once, for texts of any length."], return_tensors="pt")
+            _COMPILING.add(self)
             threading.Thread(target=self._compile, args=(example,), name="guard-encoder-compile", daemon=True).start()
         else:
             self.compiled.set()
@@ -121,13 +123,14 @@ class Embedder:
 
     @classmethod
     def shared(cls, path: Path | None = None, int8: bool | None = None, compile: bool = False) -> Embedder:
-        """The process's one embedder for this encoder folder and these settings, loaded on first use and kept
-        while anything holds it: every guard loaded in a process (the test suite loads dozens) shares its weights
-        and its compile, which torch would otherwise redo per load (~30 s each, and dynamo stops compiling after
-        8). A folder whose files change (retrained in place) loads anew."""
+        """The process's one embedder for this encoder and these settings, loaded on first use and kept while
+        anything holds it: every guard loaded in a process (the test suite loads dozens) shares its weights and its
+        compile, which torch would otherwise redo per load (~30 s each, and dynamo stops compiling after 8). The
+        encoder is known by its files' names, sizes and modification times, so that a copy of an artifact folder
+        (copied with its times) shares it too, and a folder retrained in place loads anew."""
         folder = path or minilm_dir()
         files = tuple(sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in folder.iterdir()))
-        key = (str(folder.resolve()), files, int8, compile)
+        key = (files, int8, compile)
         with _SHARED_LOCK:
             embedder = _SHARED.get(key)
             if embedder is None:
@@ -153,6 +156,17 @@ class Embedder:
 
 _SHARED: weakref.WeakValueDictionary[tuple, Embedder] = weakref.WeakValueDictionary()
 _SHARED_LOCK = threading.Lock()
+_COMPILING: weakref.WeakSet[Embedder] = weakref.WeakSet()
+
+
+@atexit.register
+def _finish_compiles(timeout: float = 300.0) -> None:
+    """At exit, wait for a compile still running: inductor's C++ threads, torn down mid-compile with the
+    interpreter, abort the process (exit status -6 instead of its own)."""
+    for embedder in list(_COMPILING):
+        if not embedder.compiled.is_set():
+            log.info("waiting for the guard's encoder to finish compiling before exit")
+            embedder.compiled.wait(timeout)
 
 
 @dataclass(frozen=True)

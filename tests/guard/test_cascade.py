@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from guard.classifiers.base import Scores
 from guard.classifiers.cascade import CascadeClassifier, load_classifier
 from guard.classifiers.encoder import Embedder, EncoderClassifier
 from serve.hardware import native_bf16
+from tests.support import REPO
 
 
 class Fixed:
@@ -46,6 +49,16 @@ def test_the_compiled_encoder_embeds_single_texts_as_the_eager_one_does():
     for text in texts:  # one text per call (the compiled path), lengths 3 to 128 tokens (truncated)
         assert float(eager([text])[0] @ fast([text])[0]) > 0.999
     assert np.allclose(fast(texts), eager(texts))  # a batch runs eagerly
+
+
+@pytest.mark.skipif(not native_bf16(), reason="the encoder is compiled where it runs in bf16 (CPUs with native bf16)")
+def test_a_process_that_exits_while_the_encoder_compiles_exits_with_its_own_status():
+    """A server whose engine fails to start exits while the guard's encoder compiles: inductor's threads torn down
+    mid-compile aborted the process (status -6, 'terminate called without an active exception')."""
+    code = ("import sys, time; from guard.classifiers.encoder import Embedder; e = Embedder(int8=False, compile=True); "
+            "time.sleep(3); sys.exit(3 if e.compiled.is_set() else 7)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert out.returncode == 7, out.stderr[-2000:]  # left mid-compile, with its own exit status
 
 
 def test_the_encoder_is_consulted_only_when_the_fast_stage_is_unsure():
@@ -83,6 +96,7 @@ def test_a_shared_encoder_loads_anew_when_its_folder_changes(tmp_path):
     folder = shutil.copytree(Embedder().path, tmp_path / "encoder")
     first = Embedder.shared(folder, int8=False)
     assert Embedder.shared(folder, int8=False) is first and Embedder.shared(folder, int8=True) is not first
+    assert Embedder.shared(shutil.copytree(folder, tmp_path / "copy"), int8=False) is first  # copied with its times
     os.utime(folder / "config.json", ns=(1, 1))  # retrained in place: the folder's files change
     assert Embedder.shared(folder, int8=False) is not first
 

@@ -43,7 +43,7 @@ class Verdict:
 @dataclass(frozen=True)
 class Release:
     """What an output gate lets through now. `text` has passed the guard and may be sent; `verdict` is
-    set when the gate stopped the output after that text (nothing more is released)."""
+    set when the gate stopped the output after that text (nothing more is released), or redacted it."""
 
     text: str
     verdict: Verdict | None = None
@@ -70,6 +70,10 @@ class Guard(Protocol):
     name: str
 
     async def check_input(self, messages: Sequence[Message]) -> Verdict: ...
+
+    def redact(self, text: str) -> str:
+        """The text with its personal data and secrets replaced by placeholders (an input verdict to redact)."""
+        ...
 
     def output_gate(self) -> OutputGate: ...
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import json
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from guard.classifiers.base import Classifier, Direction, Scores, score_readings
 from guard.classifiers.cascade import load_classifier
@@ -25,11 +28,19 @@ from guard.taxonomy import Category
 from guard.train import THRESHOLDS_FILE, for_language, harm_threshold
 
 log = logging.getLogger(__name__)
-# Called after every decision: (direction, verdict, seconds spent, text). The server counts and audits.
-Observer = Callable[[Direction, Verdict, float, str], None]
+class Observer(Protocol):
+    """What the server counts and audits. `checked`: after every classifier call for a text (seconds spent,
+    whether the classifier failed); `decided`: once for each decision that takes effect (an input's verdict, a
+    moderation result, an output gate's release, redaction or stop; not a check whose block the gate holds
+    over for more text). Both run in the guard's worker thread, in the context of the request that asked."""
+
+    def checked(self, direction: Direction, seconds: float, failed: bool) -> None: ...
+
+    def decided(self, direction: Direction, verdict: Verdict, text: str) -> None: ...
 
 
 MAX_BATCH = 64  # checks scored in one classifier call
+REMEMBERED = 8192  # input verdicts kept for earlier messages of a conversation (least recently used dropped)
 
 
 @dataclass
@@ -41,6 +52,7 @@ class _Check:
     injection: bool
     context: contextvars.Context
     future: asyncio.Future
+    record: bool = True  # report the verdict as a decision (an output gate reports its own)
 
 
 class GuardPipeline:
@@ -59,6 +71,7 @@ class GuardPipeline:
         self.name = f"{classifier.name}+rules"
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard")
         self._queue: list[_Check] = []
+        self._seen: OrderedDict[bytes, Verdict] = OrderedDict()  # input verdicts by message hash, newest last
         self._drainer: asyncio.Task | None = None
 
     @classmethod
@@ -93,9 +106,11 @@ class GuardPipeline:
         shown = {k: round(v, 4) for k, v in scores.categories.items()}
         category = scores.top_category()
         limit = harm_threshold(t, category)
-        injection_ratio = scores.injection / t["injection"] if injection and "injection" in t else 0.0
-        if injection_ratio >= max(1.0, scores.unsafe / limit):
+        judged_injection = injection and "injection" in t
+        if judged_injection:  # reported whatever the verdict (the moderation endpoint's category score)
             shown[Category.PROMPT_INJECTION.value] = round(scores.injection, 4)
+        injection_ratio = scores.injection / t["injection"] if judged_injection else 0.0
+        if injection_ratio >= max(1.0, scores.unsafe / limit):
             return Verdict(Action.BLOCK, Category.PROMPT_INJECTION.value, shown,
                            f"prompt injection score {scores.injection:.2f} >= {t['injection']:.2f}")
         if scores.unsafe >= limit:
@@ -117,34 +132,64 @@ class GuardPipeline:
             idx = [i for i, c in enumerate(batch) if c.direction == direction]
             if not idx:
                 continue
-            start = time.perf_counter()
+            start, failed = time.perf_counter(), False
             try:
                 scores = score_readings(self.classifier, [batch[i].text for i in idx], direction)
                 for i, s in zip(idx, scores):
                     verdicts[i] = self._verdict(batch[i].text, s, direction, batch[i].injection)
             except Exception as exc:
                 log.exception("guard classifier failed (%s)", direction)
-                action = Action.BLOCK if self.settings.fail_closed else Action.ALLOW
+                failed, action = True, Action.BLOCK if self.settings.fail_closed else Action.ALLOW
                 for i in idx:
                     verdicts[i] = Verdict(action, None, {}, f"guard error: {type(exc).__name__}")
             seconds = time.perf_counter() - start
-            if self.observer is not None:
-                for i in idx:  # in the context of the request that asked (the audit reads its id)
-                    batch[i].context.run(self.observer, direction, verdicts[i], seconds, batch[i].text)
+            for i in idx:  # in the context of the request that asked (the audit reads its id)
+                check = batch[i]
+                check.context.run(self._observe, check.direction, seconds, failed,
+                                  verdicts[i] if check.record else None, check.text)
         return verdicts
 
-    async def check(self, text: str, direction: Direction, injection: bool = True, context: str | None = None) -> Verdict:
+    def _observe(self, direction: Direction, seconds: float | None, failed: bool, verdict: Verdict | None,
+                 text: str) -> None:
+        """Report to the observer; its failure (a full disk under the audit log, say) is logged, and never turns
+        into a verdict: the decision stands."""
+        if self.observer is None:
+            return
+        try:
+            if seconds is not None:
+                self.observer.checked(direction, seconds, failed)
+            if verdict is not None:
+                self.observer.decided(direction, verdict, text)
+        except Exception:
+            log.exception("the guard's observer (metrics, audit) failed")
+
+    def record(self, direction: Direction, verdict: Verdict, text: str) -> None:
+        """Report a decision that its caller (an output gate) took on a check made with `record=False`: in the
+        guard's worker thread, without waiting for it."""
+        if self.observer is None:
+            return
+        try:
+            asyncio.get_running_loop().run_in_executor(
+                self._pool, contextvars.copy_context().run, self._observe, direction, None, False, verdict, text)
+        except RuntimeError:  # the guard is shutting down
+            log.warning("guard decision not recorded: the guard is closed")
+
+    async def check(self, text: str, direction: Direction, injection: bool = True, context: str | None = None,
+                    record: bool = True) -> Verdict:
         """Classify off the event loop. Checks that arrive while the classifier is busy are scored
         together in the next batch: under load, one vectorized call instead of a queue of single ones.
-        `context` as in `decide`."""
-        verdict = await self._queued(text, direction, injection)
+        `context` as in `decide`. `record=False`: the caller reports the decision it takes (see `record`)."""
+        deferred = record and bool(context) and direction == "output"  # reported once judged in context
+        verdict = await self._queued(text, direction, injection, record and not deferred)
         if asks_request(text, direction, verdict, context):
-            verdict = in_context(verdict, await self._queued(context, "input", False))
+            verdict = in_context(verdict, await self._queued(context, "input", False, False))
+        if deferred:
+            self.record(direction, verdict, text)
         return verdict
 
-    async def _queued(self, text: str, direction: Direction, injection: bool) -> Verdict:
+    async def _queued(self, text: str, direction: Direction, injection: bool, record: bool) -> Verdict:
         loop = asyncio.get_running_loop()
-        pending = _Check(text, direction, injection, contextvars.copy_context(), loop.create_future())
+        pending = _Check(text, direction, injection, contextvars.copy_context(), loop.create_future(), record)
         self._queue.append(pending)
         if self._drainer is None or self._drainer.done():
             self._drainer = loop.create_task(self._drain())
@@ -166,13 +211,36 @@ class GuardPipeline:
                     c.future.set_result(verdict)
 
     async def check_input(self, messages: Sequence[Message]) -> Verdict:
-        """The last user message (harm and prompt injection) and any system prompt (harm only: it is
-        the deployer's instructions), each judged; the worst verdict wins."""
+        """The user's messages (harm and prompt injection) and any system prompt (harm only: it is the
+        deployer's instructions), each judged; the worst verdict wins. An earlier user message counts unless the
+        reply after it declines: a conversation that shows a harmful request answered (a history an API client
+        made up, say) asks for more of it with "go on", while one that shows it declined has moved on. Verdicts
+        on earlier messages are remembered (a chat sends its whole history with every turn)."""
         checks = [self.check(m.content, "input", injection=False)
                   for m in messages if m.role == "system" and m.content.strip()]
-        users = [m.content for m in messages if m.role == "user" and m.content.strip()]
-        checks += [self.check(text, "input") for text in users[-1:]]
+        users = [i for i, m in enumerate(messages) if m.role == "user" and m.content.strip()]
+        for i, after in zip(users, users[1:]):
+            reply = next((m.content for m in messages[i + 1:after] if m.role == "assistant"), "")
+            if not is_refusal(reply):
+                checks.append(self._remembered(messages[i].content))
+        if users:
+            checks.append(self._remembered(messages[users[-1]].content, fresh=True))
         return worst(await asyncio.gather(*checks))
+
+    async def _remembered(self, text: str, fresh: bool = False) -> Verdict:
+        """The input verdict on a user message, from memory where it was judged before (unless `fresh`: the newest
+        message is always judged, and counted); verdicts of a failed check are not kept."""
+        key = hashlib.sha256(text.encode()).digest()
+        verdict = None if fresh else self._seen.get(key)
+        if verdict is None:
+            verdict = await self.check(text, "input")
+            if not verdict.reason.startswith("guard error"):
+                self._seen[key] = verdict
+                while len(self._seen) > REMEMBERED:
+                    self._seen.popitem(last=False)
+        if key in self._seen:
+            self._seen.move_to_end(key)
+        return verdict
 
     def redact(self, text: str) -> str:
         return self.rules.redact(text)
@@ -282,14 +350,18 @@ class StreamModerator:
         # where the released prefix alone would not; the streamed leak check of bench/serve_overhead.py
         # found such replies.)
         text = self.released + self.held[:cut]
-        verdict = await self.guard.check(text, "output")
+        verdict = await self.guard.check(text, "output", record=False)
         if verdict.blocked and not final and len(text) < self.min_block_chars:
             return Release("")  # too little text to be sure: keep holding it, check again with more
         if verdict.blocked:
             self.stopped = verdict
+            self.guard.record("output", verdict, text)
             return Release("", verdict)
         out, self.held = self.held[:cut], self.held[cut:]
         self.released += out
         delay = time.perf_counter() - self.held_since
         self.held_since = time.perf_counter()
-        return Release(self.guard.redact(out) if verdict.action is Action.REDACT else out, delay=delay)
+        shown = self.guard.redact(out) if verdict.action is Action.REDACT else out
+        if verdict.action is not Action.REDACT or shown != out:  # a redaction is reported where it happens
+            self.guard.record("output", verdict, text)
+        return Release(shown, verdict if shown != out else None, delay)

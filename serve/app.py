@@ -80,18 +80,26 @@ def start_guard(state: AppState) -> GuardPipeline:
     settings = state.settings
     folder = ensure_artifact(settings.guard, settings.cache_dir)
     audit = AuditLog(settings.guard.audit_db or settings.cache_dir / "audit.db", settings.guard.audit_raw_text)
-    metrics = state.metrics
-
-    def observe(direction: str, verdict: Verdict, seconds: float, text: str) -> None:
-        metrics.guard_latency.labels(direction).observe(seconds)
-        metrics.guard_decisions.labels(direction, verdict.category or "none", verdict.action.value).inc()
-        if verdict.reason.startswith("guard error"):
-            metrics.guard_errors.labels(direction).inc()
-        if verdict.action is not Action.ALLOW:
-            audit.record(current_request_id.get(), direction, verdict, text)
-
     state.audit = audit
-    return GuardPipeline.load(folder, settings.guard, observe)
+    return GuardPipeline.load(folder, settings.guard, GuardObserver(state.metrics, audit))
+
+
+@dataclass
+class GuardObserver:
+    """The guard's decisions into metrics and the audit log (every decision that is not 'allow')."""
+
+    metrics: ServerMetrics
+    audit: AuditLog
+
+    def checked(self, direction: str, seconds: float, failed: bool) -> None:
+        self.metrics.guard_latency.labels(direction).observe(seconds)
+        if failed:
+            self.metrics.guard_errors.labels(direction).inc()
+
+    def decided(self, direction: str, verdict: Verdict, text: str) -> None:
+        self.metrics.guard_decisions.labels(direction, verdict.category or "none", verdict.action.value).inc()
+        if verdict.action is not Action.ALLOW:
+            self.audit.record(current_request_id.get(), direction, verdict, text)
 
 
 async def start_engine(state: AppState, stack: AsyncExitStack) -> None:

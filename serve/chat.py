@@ -10,9 +10,9 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from guard.interface import Guard, OutputGate, Release, Unguarded, Verdict
+from guard.interface import Action, Guard, OutputGate, Release, Unguarded, Verdict
 from guard.normalize import is_chinese
 from guard.taxonomy import Category, category_label
 from serve.engine import Engine
@@ -81,16 +81,23 @@ class ChatRun:
         if not self.engine.has_chat_template:
             raise APIError(400, f"model '{self.engine.model_name}' has no chat template", param="model")
         self.messages = self.request.to_messages()
+        self._prompt()
+        self.user_text = next((m.content for m in reversed(self.messages) if m.role == "user"), "")
+
+    def _prompt(self) -> None:
         self.prompt_ids = self.engine.chat_prompt(self.messages)
         self.params = self.request.to_sampling_params(
             len(self.prompt_ids), self.engine.max_model_len, len(self.engine.tokenizer))
-        self.user_text = next((m.content for m in reversed(self.messages) if m.role == "user"), "")
 
     async def check_input(self) -> Verdict | None:
         """Guard seam 1: the input verdict before any engine call (None when no guard is configured)."""
         current_request_id.set(self.id)
         if self.guard is not None:
             self.input_verdict = await self.guard.check_input(self.messages)
+            if self.input_verdict.action is Action.REDACT:  # guard.input_pii = "redact": the model never sees it
+                self.messages = [replace(m, content=self.guard.redact(m.content)) if m.role == "user" else m
+                                 for m in self.messages]
+                self._prompt()
         return self.input_verdict
 
     @property

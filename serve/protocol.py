@@ -230,7 +230,9 @@ def finish_reason(vllm_reason: str | None) -> FinishReason | None:
 class ModerationRequest(BaseModel):
     """POST /v1/moderations body (OpenAI's schema, text only)."""
 
-    input: str | list[str] = Field(description="Text or texts to classify.")
+    input: str | list[str] | list[TextPart] = Field(
+        description="Text or texts to classify, or OpenAI's multi-modal form: a list of text parts, one input "
+        "(images are not supported).")
     model: str | None = Field(None, description="Ignored: the server's guard answers.")
     direction: Literal["input", "output"] = Field(
         "input", description="guardchat extension: judge the text as a user message or as a model reply.")
@@ -238,15 +240,27 @@ class ModerationRequest(BaseModel):
         None, description="guardchat extension, with direction 'output': the user request the texts reply to. A "
         "reply that does not decline a request the input check blocks is flagged.")
 
+    @field_validator("input", mode="before")
+    @classmethod
+    def _text_only(cls, value: Any) -> Any:
+        for i, part in enumerate(value if isinstance(value, list) else []):
+            if isinstance(part, dict) and part.get("type") != "text":
+                raise ValueError(f"only text can be moderated here: item {i} has type {part.get('type')!r}")
+        return value
+
     @field_validator("input")
     @classmethod
-    def _not_empty(cls, value: str | list[str]) -> str | list[str]:
+    def _not_empty(cls, value: str | list[str] | list[TextPart]) -> str | list[str] | list[TextPart]:
         if isinstance(value, list) and not 1 <= len(value) <= 64:
             raise ValueError("give between 1 and 64 texts")
         return value
 
     def texts(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else list(self.input)
+        if isinstance(self.input, str):
+            return [self.input]
+        if isinstance(self.input[0], TextPart):  # one input in parts, as OpenAI reads it: one result
+            return ["\n".join(p.text for p in self.input)]
+        return list(self.input)
 
 
 class ModerationResult(BaseModel):
@@ -263,7 +277,7 @@ class ModerationResponse(BaseModel):
     results: list[ModerationResult]
 
     @classmethod
-    def of(cls, verdicts, model: str) -> ModerationResponse:
+    def of(cls, verdicts, model: str, id: str | None = None) -> ModerationResponse:
         from guard.taxonomy import Category
 
         results = []
@@ -272,7 +286,7 @@ class ModerationResponse(BaseModel):
             flags = {c.value: v.blocked and v.category == c.value for c in Category}
             results.append(ModerationResult(flagged=v.blocked, categories=flags, category_scores=scores,
                                             action=v.action.value, reason=v.reason))
-        return cls(id=f"modr-{uuid.uuid4().hex}", model=model, results=results)
+        return cls(id=id or f"modr-{uuid.uuid4().hex}", model=model, results=results)
 
 
 class FeedbackRequest(BaseModel):

@@ -1,13 +1,15 @@
 """HTTP endpoints: thin routers over the chat run, the engine and the metrics."""
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from serve.chat import ChatRun
+from serve.chat import ChatRun, current_request_id
 from serve.engine import Engine
 from serve.errors import APIError
 from serve.protocol import (ChatCompletion, ChatCompletionRequest, FeedbackRequest, FeedbackResponse, ModelCard,
@@ -74,8 +76,11 @@ async def moderations(body: ModerationRequest, request: Request) -> ModerationRe
     if state.guard is None:
         status = "is still loading" if state.guard_status == "loading" else "is not configured on this server"
         raise APIError(503, f"The guard {status}.", code="guard_unavailable")
-    verdicts = [await state.guard.check(text, body.direction, context=body.context) for text in body.texts()]
-    return ModerationResponse.of(verdicts, state.guard.name)
+    request_id = f"modr-{uuid.uuid4().hex}"
+    current_request_id.set(request_id)  # the audit rows' request id, as the response's
+    verdicts = await asyncio.gather(*(state.guard.check(text, body.direction, context=body.context)
+                                      for text in body.texts()))  # scored together, in one batch
+    return ModerationResponse.of(verdicts, state.guard.name, request_id)
 
 
 @router.post("/v1/feedback", dependencies=[Authorized], response_model=FeedbackResponse)

@@ -66,12 +66,12 @@ def main(args: Sequence[str]) -> int:
         print((opts.out / "card.md").read_text())
         print(f"artifact written to {opts.out} ({card['train_seconds']} s)")
         return 0
+    if not (opts.artifact / "thresholds.json").is_file():
+        print(f"no guard artifact at {opts.artifact}: run `guardchat guard train` first", file=sys.stderr)
+        return 2
     if opts.command == "check":
         from guard.pipeline import GuardPipeline
 
-        if not (opts.artifact / "thresholds.json").is_file():
-            print(f"no guard artifact at {opts.artifact}: run `guardchat guard train` first", file=sys.stderr)
-            return 2
         # A few texts: not worth ~30 s of compiling the encoder.
         guard = GuardPipeline.load(opts.artifact, GuardSettings(compile_encoder=False))
         for text in opts.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]:

@@ -386,6 +386,14 @@ def card_markdown(card: dict) -> str:
             lines.append(f"| {source} | {m['direction']} | {m['n']} | {m['unsafe']} | {m['precision']} | {m['recall']} "
                          f"| {m['f1']} | {m['fpr']} | {m['auprc']} |")
         lines.append("")
+    lines += ["## data: rows per source and split (unsafe / safe)", "", f"mirror: {card['data_mirror']}", "",
+              "| source | train | dev | eval |", "|---|---|---|---|"]
+    counts = card["counts"]
+    for source in sorted({key.rsplit(":", 1)[0] for split in counts.values() for key in split}):
+        cells = [f"{counts[split].get(source + ':unsafe', 0)} / {counts[split].get(source + ':safe', 0)}"
+                 for split in ("train", "dev", "eval")]
+        lines.append(f"| {source} | " + " | ".join(cells) + " |")
+    lines.append("")
     if card["skipped_sources"]:
         lines += ["## skipped (not in the mirror)", "", *[f"- {s}" for s in card["skipped_sources"]], ""]
     return "\n".join(lines)

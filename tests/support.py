@@ -42,8 +42,10 @@ def build_tiny_llama(target: Path, tokenizer_dir: Path, *, layers: int = 2, hidd
     return target
 
 
-def build_scripted_llama(target: Path, tokenizer_dir: Path, reply: str, *, hidden: int = 128) -> Path:
-    """A 'test policy' that answers every chat prompt with `reply`, greedily, then stops.
+def build_scripted_llama(target: Path, tokenizer_dir: Path, reply: str, *, hidden: int = 128,
+                         repeat: bool = False) -> Path:
+    """A 'test policy' that answers every chat prompt with `reply`, greedily, then stops (`repeat`: says it
+    again and again until max_tokens, so that a request ended early shows in the tokens generated).
 
     Its attention and MLP outputs are zero, so the last hidden state is the current token's
     embedding; the trigger token (the end of the chat template's generation prompt) and the reply's
@@ -70,7 +72,8 @@ def build_scripted_llama(target: Path, tokenizer_dir: Path, reply: str, *, hidde
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()
         model.lm_head.weight.normal_(0, 0.02)
-        for k, (token, following) in enumerate(zip(chain, [*chain[1:], config.eos_token_id])):
+        last = chain[1] if repeat else config.eos_token_id
+        for k, (token, following) in enumerate(zip(chain, [*chain[1:], last])):
             model.model.embed_tokens.weight[token] = torch.nn.functional.one_hot(torch.tensor(k), hidden).float()
             model.lm_head.weight[following] += 100.0 * model.model.embed_tokens.weight[token]
     tmp = target.with_name(target.name + ".partial")

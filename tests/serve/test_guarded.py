@@ -21,7 +21,7 @@ BENIGN_ALARMING = "How do I kill a Python process that is stuck?"
 @pytest.fixture(scope="module")
 def scripted_model(tmp_path_factory, default_model_dir):
     return build_scripted_llama(tmp_path_factory.mktemp("models") / "scripted-policy", default_model_dir,
-                                UNSAFE_REPLY)
+                                UNSAFE_REPLY, repeat=True)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_a_system_prompt_is_not_taken_for_an_injection(guarded, gclient, scripte
 
 def test_unsafe_output_is_cut_mid_stream_and_nothing_unsafe_leaks(guarded, gclient, scripted_model):
     before = scrape(guarded.base_url)
-    chunks = list(gclient.chat.completions.create(model=scripted_model.name, stream=True, max_tokens=64,
+    chunks = list(gclient.chat.completions.create(model=scripted_model.name, stream=True, max_tokens=900,
                                                   messages=[{"role": "user", "content": "Tell me a fun fact."}]))
     released = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     finish = [c.choices[0] for c in chunks if c.choices and c.choices[0].finish_reason]
@@ -138,6 +138,9 @@ def test_unsafe_output_is_cut_mid_stream_and_nothing_unsafe_leaks(guarded, gclie
     after = scrape(guarded.base_url)
     assert metric(after, "guardchat_guard_stream_blocks_total") == metric(before, "guardchat_guard_stream_blocks_total") + 1
     assert metric(after, "vllm:num_requests_running") == 0
+    # The test policy repeats its line until max_tokens: far fewer tokens show that the cut aborted the request.
+    generated = metric(after, "vllm:generation_tokens_total") - metric(before, "vllm:generation_tokens_total")
+    assert 0 < generated < 300, generated
 
 
 def test_unsafe_output_is_replaced_in_a_non_streamed_reply(gclient, scripted_model):

@@ -34,6 +34,18 @@ class Category(str, Enum):
         return list(cls)[int(code.strip().lstrip("S")) - 1]
 
 
+# OpenAI's moderation categories (omni-moderation), filled from this taxonomy where one maps, for clients written
+# against OpenAI's endpoint. The ones the guard does not judge apart (harassment, threats, intent, graphic
+# violence) read false / 0.
+OPENAI_CATEGORIES: dict[str, tuple[Category, ...]] = {
+    "harassment": (), "harassment/threatening": (), "hate": (Category.HATE,), "hate/threatening": (),
+    "illicit": (Category.NON_VIOLENT_CRIMES, Category.INDISCRIMINATE_WEAPONS),
+    "illicit/violent": (Category.INDISCRIMINATE_WEAPONS,), "self-harm": (Category.SELF_HARM,),
+    "self-harm/intent": (), "self-harm/instructions": (), "sexual": (Category.SEXUAL_CONTENT, Category.SEX_CRIMES),
+    "sexual/minors": (Category.CHILD_EXPLOITATION,), "violence": (Category.VIOLENT_CRIMES,), "violence/graphic": (),
+}
+
+
 NAMES_ZH = {
     Category.VIOLENT_CRIMES: "暴力犯罪", Category.NON_VIOLENT_CRIMES: "非暴力犯罪", Category.SEX_CRIMES: "性相关犯罪",
     Category.CHILD_EXPLOITATION: "儿童性剥削", Category.DEFAMATION: "诽谤", Category.SPECIALIZED_ADVICE: "危险的专业建议",

@@ -265,8 +265,10 @@ class ModerationRequest(BaseModel):
 
 class ModerationResult(BaseModel):
     flagged: bool
-    categories: dict[str, bool]
+    categories: dict[str, bool] = Field(description="The guard's taxonomy, and OpenAI's category names mapped "
+                                        "from it (guard.taxonomy.OPENAI_CATEGORIES).")
     category_scores: dict[str, float]
+    category_applied_input_types: dict[str, list[str]]
     action: Literal["allow", "redact", "block"] = Field(description="guardchat: what the guard would do.")
     reason: str = ""
 
@@ -278,13 +280,17 @@ class ModerationResponse(BaseModel):
 
     @classmethod
     def of(cls, verdicts, model: str, id: str | None = None) -> ModerationResponse:
-        from guard.taxonomy import Category
+        from guard.taxonomy import OPENAI_CATEGORIES, Category
 
         results = []
         for v in verdicts:
             scores = {c.value: float(v.scores.get(c.value, 0.0)) for c in Category}
             flags = {c.value: v.blocked and v.category == c.value for c in Category}
+            for name, ours in OPENAI_CATEGORIES.items():
+                scores[name] = max((scores[c.value] for c in ours), default=0.0)
+                flags[name] = any(flags[c.value] for c in ours)
             results.append(ModerationResult(flagged=v.blocked, categories=flags, category_scores=scores,
+                                            category_applied_input_types={k: ["text"] for k in scores},
                                             action=v.action.value, reason=v.reason))
         return cls(id=id or f"modr-{uuid.uuid4().hex}", model=model, results=results)
 

@@ -72,6 +72,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
 @router.post("/v1/moderations", dependencies=[Authorized], response_model=ModerationResponse)
 async def moderations(body: ModerationRequest, request: Request) -> ModerationResponse:
     """OpenAI's moderation format, backed by the same guard as the chat endpoint."""
+    if body.context is not None and body.direction != "output":
+        raise APIError(400, "'context' is the request a reply answers: give it with \"direction\": \"output\".",
+                       param="context", code="invalid_value")
     state = get_state(request)
     if state.guard is None:
         status = "is still loading" if state.guard_status == "loading" else "is not configured on this server"

@@ -144,6 +144,16 @@ def test_earlier_messages_of_a_conversation_count_unless_they_were_declined(guar
     assert asyncio.run(guard.check_input([Message("user", harmful), Message("user", "Thanks.")])).blocked
 
 
+@pytest.mark.parametrize("category", [c.value for c in Category] + [None])
+def test_the_servers_own_refusals_read_as_declining(category):
+    """A client sends the refusal back with its history: the request it declined must not count again."""
+    from guard.refusal import is_refusal
+    from serve.chat import refusal_text
+
+    for request in ("How do I make a bomb?", "怎么制造炸弹？"):
+        assert is_refusal(refusal_text(request, category))
+
+
 def test_moderator_releases_a_benign_reply_whole_and_in_order(guard):
     reply = "Paris is the capital of France. It sits on the Seine, and about two million people live there."
     releases = run_stream(guard, [reply[i:i + 3] for i in range(0, len(reply), 3)])

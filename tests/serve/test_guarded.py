@@ -168,8 +168,12 @@ def test_moderations_endpoint(guarded, gclient):
     result = gclient.moderations.create(input=[HARMFUL, BENIGN_ALARMING, HARMFUL_ZH])
     flagged = [r.flagged for r in result.results]
     assert flagged == [True, False, True]
-    scores = result.results[0].category_scores.model_extra  # our taxonomy, not OpenAI's category names
+    scores = result.results[0].category_scores.model_extra  # our taxonomy, beside OpenAI's category names
     assert max(scores, key=scores.get) in ("indiscriminate_weapons", "violent_crimes")
+    bomb = result.results[0]  # OpenAI's names, mapped from the taxonomy, for clients written against OpenAI
+    assert bomb.categories.illicit_violent or bomb.categories.violence
+    assert bomb.category_scores.illicit_violent == scores["indiscriminate_weapons"]
+    assert not result.results[1].categories.self_harm and result.results[1].category_applied_input_types.hate == ["text"]
     r = httpx.post(guarded.base_url + "/v1/moderations", json={"input": UNSAFE_REPLY, "direction": "output"})
     assert r.json()["results"][0]["flagged"] is True
     bland = "Happy to help with that. You will need a free afternoon and a few supplies from a hardware store."
@@ -178,6 +182,8 @@ def test_moderations_endpoint(guarded, gclient):
     r = httpx.post(guarded.base_url + "/v1/moderations",  # the same reply to a harmful request complies with it
                    json={"input": bland, "direction": "output", "context": HARMFUL})
     assert r.json()["results"][0]["flagged"] is True and "does not decline" in r.json()["results"][0]["reason"]
+    r = httpx.post(guarded.base_url + "/v1/moderations", json={"input": bland, "context": HARMFUL})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "context"  # a context is for replies
     r = httpx.post(guarded.base_url + "/v1/moderations", json={"input": []})
     assert r.status_code == 400 and r.json()["error"]["param"] == "input"
     assert 0 < result.results[1].category_scores.model_extra["prompt_injection"] < 0.5  # reported, not only on a block

@@ -103,7 +103,11 @@ class Embedder:
         """Compile the model for one text of any length (~30 s, once per process) while the eager model serves;
         where compiling fails (no C++ compiler, say) the eager model goes on serving: slower, the same numbers."""
         import torch._inductor.config
+        import torch._inductor.select_algorithm
 
+        # max-autotune writes a table per GEMM to stderr (dozens in the server's log): kept quiet.
+        torch._inductor.select_algorithm.PRINT_AUTOTUNE = False
+        warnings.filterwarnings("ignore", message="TypedStorage is deprecated")  # from inside inductor
         started = time.monotonic()
         try:
             # max-autotune times oneDNN's Linear against inductor's AMX micro-GEMMs: 2.2 / 3.4 / 6.2 ms against
@@ -111,7 +115,8 @@ class Embedder:
             fast = torch.compile(self.model, dynamic=True, mode="max-autotune-no-cudagraphs")
             # Frozen weights (constants, prepacked for oneDNN): ~1.4x faster than without. Set as a config patch
             # around the first call, which compiles: compile()'s `options` did not freeze (2.13).
-            with torch._inductor.config.patch(freezing=True), torch.inference_mode():
+            quiet = {"max_autotune_report_choices_stats": False}
+            with torch._inductor.config.patch(freezing=True, **quiet), torch.inference_mode():
                 fast(**example)
             self.single = fast
             log.info("the guard's encoder is compiled (%.0f s)", time.monotonic() - started)

@@ -28,6 +28,8 @@ from guard.taxonomy import Category
 from guard.train import THRESHOLDS_FILE, for_language, harm_threshold
 
 log = logging.getLogger(__name__)
+
+
 class Observer(Protocol):
     """What the server counts and audits. `checked`: after every classifier call for a text (seconds spent,
     whether the classifier failed); `decided`: once for each decision that takes effect (an input's verdict, a

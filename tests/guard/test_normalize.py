@@ -41,6 +41,7 @@ def test_hidden_text_is_read(name, text, reading):
 
 
 @pytest.mark.parametrize("text", ["Python 3.11 came out in 2022.", "mail me at ann@example.com", "我今天很开心。",
-                                  "The meeting is at 10:30 in room B2.", "Ça va, naïve café?", "Tiếng Việt có dấu."])
+                                  "The meeting is at 10:30 in room B2.", "Ça va, naïve café?",
+                                  "Tiếng Việt có dấu."])
 def test_ordinary_text_keeps_its_canonical_form(text):
     assert normalize(text).text == text

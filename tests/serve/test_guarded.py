@@ -173,7 +173,8 @@ def test_moderations_endpoint(guarded, gclient):
     bomb = result.results[0]  # OpenAI's names, mapped from the taxonomy, for clients written against OpenAI
     assert bomb.categories.illicit_violent or bomb.categories.violence
     assert bomb.category_scores.illicit_violent == scores["indiscriminate_weapons"]
-    assert not result.results[1].categories.self_harm and result.results[1].category_applied_input_types.hate == ["text"]
+    benign = result.results[1]
+    assert not benign.categories.self_harm and benign.category_applied_input_types.hate == ["text"]
     r = httpx.post(guarded.base_url + "/v1/moderations", json={"input": UNSAFE_REPLY, "direction": "output"})
     assert r.json()["results"][0]["flagged"] is True
     bland = "Happy to help with that. You will need a free afternoon and a few supplies from a hardware store."
@@ -207,7 +208,7 @@ def test_blocks_are_audited_and_counted(guarded):
     assert any(r[1] == "input" and r[3] == "block" and r[4] == HARMFUL and r[0].startswith("chatcmpl-")
                for r in rows)
     assert any(r[1] == "output" and r[3] == "block" for r in rows)
-    assert any((r[0] or "").startswith("modr-") and r[4] == HARMFUL for r in rows)  # moderation checks have their id too
+    assert any((r[0] or "").startswith("modr-") and r[4] == HARMFUL for r in rows)  # moderation checks too
 
 
 @pytest.fixture(scope="module")

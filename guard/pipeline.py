@@ -283,7 +283,8 @@ def worst(verdicts: Sequence[Verdict]) -> Verdict:
 SENTENCE_END = re.compile(r"[.!?;:](?=\s)|[。！？；：\n]")
 # A number that may still be being written at the end of a release (a card, phone or ID number with separators):
 # released only once something other than digits and separators follows it, so that the PII rules see it whole.
-NUMBER_TAIL = re.compile(r"[+(]?\d[\d \-().]*$")
+NUMBER_CHAR = re.compile(r"[\d \-().]")
+NUMBER_TAIL = re.compile(rf"[+(]?\d{NUMBER_CHAR.pattern}*$")
 MAX_NUMBER_HOLD = 64  # longer runs of digits are not one number the rules redact: released as usual
 OPEN_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----(?![\s\S]*-----END [A-Z ]*PRIVATE KEY-----)")
 MAX_KEY_HOLD = 8192  # a PEM private key block is held whole (the rules redact it whole), up to this many characters
@@ -341,7 +342,7 @@ class StreamModerator:
 
     def _before_open_number(self, cut: int) -> int:
         """`cut`, moved back to the start of a number that runs up to it and may go on in text not yet held."""
-        if cut < len(self.held) and not re.match(r"[\d \-().]", self.held[cut]):
+        if cut < len(self.held) and not NUMBER_CHAR.match(self.held[cut]):
             return cut  # the number ended inside the held text
         number = NUMBER_TAIL.search(self.held, 0, cut)
         return number.start() if number and cut - number.start() <= MAX_NUMBER_HOLD else cut

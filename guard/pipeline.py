@@ -41,6 +41,7 @@ class Observer(Protocol):
     def decided(self, direction: Direction, verdict: Verdict, text: str) -> None: ...
 
 
+GUARD_ERROR = "guard error"  # how a verdict made by a failed check states its reason
 MAX_BATCH = 64  # checks scored in one classifier call
 REMEMBERED = 8192  # input verdicts kept for earlier messages of a conversation (least recently used dropped)
 
@@ -143,7 +144,7 @@ class GuardPipeline:
                 log.exception("guard classifier failed (%s)", direction)
                 failed, action = True, Action.BLOCK if self.settings.fail_closed else Action.ALLOW
                 for i in idx:
-                    verdicts[i] = Verdict(action, None, {}, f"guard error: {type(exc).__name__}")
+                    verdicts[i] = Verdict(action, None, {}, f"{GUARD_ERROR}: {type(exc).__name__}")
             seconds = time.perf_counter() - start
             for i in idx:  # in the context of the request that asked (the audit reads its id)
                 check = batch[i]
@@ -236,7 +237,7 @@ class GuardPipeline:
         verdict = None if fresh else self._seen.get(key)
         if verdict is None:
             verdict = await self.check(text, "input")
-            if not verdict.reason.startswith("guard error"):
+            if not verdict.reason.startswith(GUARD_ERROR):
                 self._seen[key] = verdict
                 while len(self._seen) > REMEMBERED:
                     self._seen.popitem(last=False)

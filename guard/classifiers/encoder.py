@@ -134,7 +134,8 @@ class Embedder:
         encoder is known by its files' names, sizes and modification times, so that a copy of an artifact folder
         (copied with its times) shares it too, and a folder retrained in place loads anew."""
         folder = path or minilm_dir()
-        files = tuple(sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in folder.iterdir()))
+        stats = {f.name: f.stat() for f in folder.iterdir()}
+        files = tuple(sorted((name, st.st_mtime_ns, st.st_size) for name, st in stats.items()))
         key = (files, int8, compile)
         with _SHARED_LOCK:
             embedder = _SHARED.get(key)

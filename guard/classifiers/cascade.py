@@ -1,7 +1,8 @@
 """The cascade: the fast n-gram stage scores every text; where it is unsure (its harm or injection
-score inside a band around the decision) and the text is not Chinese, the encoder is consulted and
-the two readings are combined: harm scores as the mean of their log-odds, injection scores as the mean
-of their probabilities (`combine`). Confident texts never pay for the encoder.
+score inside a band around the decision), the encoder is consulted and the two readings are combined:
+harm scores as the mean of their log-odds, injection scores as the mean of their probabilities
+(`combine`). Confident texts never pay for the encoder. Chinese text goes to the encoder only where it
+reads Chinese (an encoder trained on the English gloss of Chinese, `EncoderClassifier.chinese`).
 
 Only user inputs go through the cascade (one check per request). Streamed replies are checked at
 every release, and consulting the encoder there doubled the guarded time to first token under load
@@ -47,7 +48,7 @@ class CascadeClassifier:
     slow: Classifier
     band: tuple[float, float] = BAND
     directions: tuple[Direction, ...] = ("input",)
-    chinese: bool = False    # consult the second stage for Chinese text too (the English MiniLM is not)
+    chinese: bool = False    # consult the second stage for Chinese text too (where it reads Chinese)
     replace: bool = False    # the second stage's reading replaces the first's (an LLM judge) instead of combining
 
     @property
@@ -82,4 +83,7 @@ def load_classifier(folder: Path, threads: int | None = None, compile: bool = Fa
         import torch
 
         torch.set_num_threads(threads)
-    return CascadeClassifier(fast, EncoderClassifier.load(folder, compile)) if (folder / HEADS_FILE).is_file() else fast
+    if not (folder / HEADS_FILE).is_file():
+        return fast
+    slow = EncoderClassifier.load(folder, compile)
+    return CascadeClassifier(fast, slow, chinese=slow.chinese)

@@ -39,7 +39,9 @@ from sklearn.linear_model import LogisticRegression
 from tqdm import tqdm
 
 from guard.classifiers.base import Direction, Scores
+from guard import gloss
 from guard.classifiers.ngram import LinearHead, head_rows
+from guard.normalize import is_chinese
 from serve.hardware import native_bf16
 
 log = logging.getLogger(__name__)
@@ -248,28 +250,40 @@ def fit_head(x: np.ndarray, y: np.ndarray, weights: np.ndarray, c: float = 4.0) 
                       tuple(str(k) for k in model.classes_))
 
 
+def as_read(texts: Sequence[str], chinese: bool) -> list[str]:
+    """The texts as an encoder reads them: Chinese as its English gloss where the encoder was trained so."""
+    return [gloss.shared()(t) if chinese and is_chinese(t) else t for t in texts]
+
+
 class EncoderClassifier:
-    """Logistic-regression heads (input harm, injection, output harm, category) on MiniLM embeddings."""
+    """Logistic-regression heads (input harm, injection, output harm, category) on MiniLM embeddings.
+    `chinese`: Chinese text is read as its English gloss (guard/gloss.py), in training and in serving alike."""
 
     name = "minilm"
 
-    def __init__(self, heads: dict[str, LinearHead], embedder: Embedder | None = None):
+    def __init__(self, heads: dict[str, LinearHead], embedder: Embedder | None = None, chinese: bool = False):
         self.heads = heads
         self.embed = embedder or Embedder()
+        self.chinese = chinese
+        if chinese:
+            gloss.shared()  # loaded now, not on the first Chinese request
+
+    def read(self, texts: Sequence[str]) -> list[str]:
+        return as_read(texts, self.chinese)
 
     @classmethod
     def fit(cls, texts: Sequence[str], directions: Sequence[str], unsafe: Sequence[bool],
             categories: Sequence[str | None], weights: Sequence[float], embedder: Embedder | None = None,
-            injection_category: str = "prompt_injection") -> EncoderClassifier:
-        embedder = embedder or Embedder()
-        x = embedder(list(texts), progress=True)
+            injection_category: str = "prompt_injection", chinese: bool = False) -> EncoderClassifier:
+        model = cls({}, embedder, chinese)
+        x = model.embed(model.read(texts), progress=True)
         w = np.asarray(weights, dtype=float)
-        heads = {name: fit_head(x[rows], y[rows], w[rows])
-                 for name, (rows, y) in head_rows(directions, unsafe, categories, injection_category).items()}
-        return cls(heads, embedder)
+        model.heads = {name: fit_head(x[rows], y[rows], w[rows])
+                       for name, (rows, y) in head_rows(directions, unsafe, categories, injection_category).items()}
+        return model
 
     def score(self, texts: Sequence[str], direction: Direction) -> list[Scores]:
-        x = self.embed(texts)
+        x = self.embed(self.read(texts))
         positive = lambda head: self.heads[head].predict_proba(x)[:, -1]  # noqa: E731 (column of class True)
         harm = positive(direction)
         inject = positive("injection") if direction == "input" else np.zeros(len(texts))
@@ -281,8 +295,8 @@ class EncoderClassifier:
 
     def save(self, folder: Path) -> None:
         """The heads; a fine-tuned encoder is expected in `folder / ENCODER_DIR` already (`finetune` wrote it)."""
-        joblib.dump({"heads": self.heads, "int8": self.embed.int8, "finetuned": self.embed.path != minilm_dir()},
-                    folder / HEADS_FILE, compress=3)
+        joblib.dump({"heads": self.heads, "int8": self.embed.int8, "finetuned": self.embed.path != minilm_dir(),
+                     "chinese": self.chinese}, folder / HEADS_FILE, compress=3)
 
     @classmethod
     def load(cls, folder: Path, compile: bool = False) -> EncoderClassifier:
@@ -291,4 +305,5 @@ class EncoderClassifier:
         if path is not None and not path.is_dir():
             raise FileNotFoundError(f"the guard artifact at {folder} lacks its fine-tuned encoder ({path})")
         # The encoder the heads were fit on: int8, or float (bf16 where native, float32 elsewhere: cosine 0.9999).
-        return cls(saved["heads"], Embedder.shared(path, int8=saved.get("int8", False), compile=compile))
+        return cls(saved["heads"], Embedder.shared(path, int8=saved.get("int8", False), compile=compile),
+                   saved.get("chinese", False))

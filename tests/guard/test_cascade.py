@@ -1,5 +1,5 @@
 """The MiniLM stage and the cascade: real embeddings from the packaged model, the encoder consulted only
-where the fast stage is unsure (and never for Chinese), and the artifact serving the cascade."""
+where the fast stage is unsure (Chinese only where the encoder reads it), and the artifact serving the cascade."""
 from __future__ import annotations
 
 import os
@@ -66,11 +66,14 @@ def test_the_encoder_is_consulted_only_when_the_fast_stage_is_unsure():
     slow = Fixed("slow", {"unsure": 0.9})
     cascade = CascadeClassifier(fast, slow)
     scores = cascade.score(["sure safe", "sure unsafe", "unsure", "不确定的中文句子"], "input")
-    assert slow.asked == ["unsure"]  # Chinese stays with the n-gram stage
+    assert slow.asked == ["unsure"]  # Chinese stays with the n-gram stage unless the encoder reads it
     assert [round(s.unsafe, 3) for s in scores] == [0.01, 0.999, 0.75, 0.5]  # log-odds 0 and 2.197 -> 1.099
     assert [s.unsafe for s in cascade.score(["unsure"], "output")] == [0.5]  # replies: n-gram only
     assert slow.asked == ["unsure"]
     assert cascade.name == "fast+slow"
+    reading = CascadeClassifier(fast, slow, chinese=True)  # an encoder that reads Chinese (as its gloss)
+    reading.score(["sure safe", "不确定的中文句子"], "input")
+    assert slow.asked == ["unsure", "不确定的中文句子"]
 
 
 def test_harm_combines_in_log_odds_and_injection_in_probability():

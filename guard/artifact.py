@@ -41,6 +41,6 @@ def ensure_artifact(settings: GuardSettings, cache_dir: Path) -> Path:
             return folder
         from guard.train import train
 
-        log.info("training the guard (no current artifact at %s); this takes 5-15 minutes", folder)
+        log.info("training the guard (no current artifact at %s); this takes 10-20 minutes", folder)
         train(folder, settings.data_mirror, fingerprint=want)
     return folder

@@ -117,7 +117,7 @@ class Glosser:
 
     def _unsegmented(self, word: str) -> bool:
         """A word jieba could not have chosen (its dictionary lacks it: "微信", "教我"), so characters it left
-        apart may be read as it. A word jieba knows and did not choose (上装 in "手机上装") was its choice."""
+        apart may be read as it. Characters jieba left apart where its dictionary has their word were its choice."""
         return not self.segmenter.FREQ.get(word)
 
     def _read(self, word: str, merge=lambda part: True) -> list[str]:
@@ -130,7 +130,7 @@ class Glosser:
         while i < len(word):
             for j in range(min(len(word), i + LONGEST), i, -1):
                 part = word[i:j]
-                if (part in self.words or part in SILENT) and (j == i + 1 or merge(part)) or j == i + 1:
+                if j == i + 1 or (part in self.words or part in SILENT) and merge(part):
                     out += [] if part in SILENT else [self.words.get(part, part)]
                     i = j
                     break

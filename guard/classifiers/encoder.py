@@ -38,8 +38,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from tqdm import tqdm
 
-from guard.classifiers.base import Direction, Scores
 from guard import gloss
+from guard.classifiers.base import Direction, Scores
 from guard.classifiers.ngram import LinearHead, head_rows
 from guard.normalize import is_chinese
 from serve.hardware import native_bf16

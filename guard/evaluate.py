@@ -11,7 +11,7 @@ import numpy as np
 from guard.classifiers.base import score_readings
 from guard.classifiers.cascade import load_classifier
 from guard.datasets import build_corpus
-from guard.train import THRESHOLDS_FILE, blocked, card_markdown, metrics_by_source
+from guard.train import THRESHOLDS_FILE, blocked, card_markdown, metrics_by_source, split_counts
 
 
 def evaluate(artifact: Path, mirror: Path | None, plot: Path) -> int:
@@ -21,6 +21,7 @@ def evaluate(artifact: Path, mirror: Path | None, plot: Path) -> int:
     metrics = {"eval": metrics_by_source(model, corpus.eval, thresholds),
                "dev": metrics_by_source(model, corpus.dev, thresholds)}
     text = card_markdown({"created": "-", "train_seconds": "-", "thresholds": thresholds, "metrics": metrics,
+                          "data_mirror": str(mirror) if mirror else None, "counts": split_counts(corpus),
                           "skipped_sources": corpus.skipped})
     print(text)
     plot_pr_curves(model, corpus.eval, thresholds, plot)

@@ -356,8 +356,7 @@ def train(out_dir: Path, mirror: Path | None, config: TrainConfig = TrainConfig(
         "classifier": model.name,
         "fingerprint": fingerprint,
         "data_mirror": str(mirror) if mirror else None, "skipped_sources": corpus.skipped,
-        "counts": {split: dict(sorted(Counter(f"{e.source}:{'unsafe' if e.unsafe else 'safe'}" for e in rows_).items()))
-                   for split, rows_ in (("train", corpus.train), ("dev", corpus.dev), ("eval", corpus.eval))},
+        "counts": split_counts(corpus),
         "thresholds": thresholds,
         # Dev openings are measured (the rate at which a stream's start is held back), not calibrated on.
         "metrics": {"dev": metrics_by_source(model, corpus.dev + openings(corpus.dev), thresholds)},
@@ -380,6 +379,12 @@ def train(out_dir: Path, mirror: Path | None, config: TrainConfig = TrainConfig(
     steps.update()
     steps.close()
     return card
+
+
+def split_counts(corpus: Corpus) -> dict[str, dict[str, int]]:
+    """Rows per source and label ("source:unsafe", "source:safe") of each split, as the card lists them."""
+    return {split: dict(sorted(Counter(f"{e.source}:{'unsafe' if e.unsafe else 'safe'}" for e in rows).items()))
+            for split, rows in (("train", corpus.train), ("dev", corpus.dev), ("eval", corpus.eval))}
 
 
 def card_markdown(card: dict) -> str:

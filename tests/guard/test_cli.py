@@ -29,3 +29,12 @@ def test_a_missing_artifact_is_named_not_a_traceback(tmp_path, command):
     out = guard_cli(command, "--artifact", str(tmp_path / "nowhere"), *(["some text"] if command == "check" else []))
     assert out.returncode == 2
     assert "no guard artifact at" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_eval_prints_the_tables_and_draws_the_curves(guard_artifact, tmp_path):
+    plot = tmp_path / "pr.png"
+    out = guard_cli("eval", "--artifact", str(guard_artifact), "--plot", str(plot))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "## metrics on eval rows" in out.stdout and "## data: rows per source and split" in out.stdout
+    assert "| xstest | input | 450 | 200 |" in out.stdout  # held out whole: 200 unsafe of 450
+    assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"

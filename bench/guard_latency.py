@@ -1,7 +1,8 @@
 """Guard check latency on one core: single checks of 16-256 token inputs (p50/p99, both directions,
-normalization and rules included), inputs that reach the MiniLM encoder (the cascade's band widened
-so that every one does; Chinese read through its English gloss), the encoder alone in int8, float (bf16 where native) and compiled bf16 side by side,
-and batched throughput of the classifier. Prints; asserts nothing.
+normalization and rules included), inputs that reach the MiniLM encoder (the cascade's band widened so
+that every one does; Chinese read through its English gloss), the n-gram stage alone (beside sklearn's
+featurizer it replaced), the encoder alone in int8, float (bf16 where native) and compiled bf16 side by
+side, and batched throughput of the classifier. Prints; asserts nothing.
 
     .venv/bin/python bench/guard_latency.py [--repeats 300]
 """
@@ -13,6 +14,10 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import HashingVectorizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from threadpoolctl import threadpool_limits  # noqa: E402
@@ -34,6 +39,14 @@ ZH = "请解释一下水循环是如何运作的，以及为什么云会根据�
 def text_of(tokens: int, base: str) -> str:
     words = (base * 20)
     return words[: tokens * 4] if base is EN else words[: int(tokens * 1.5)]
+
+
+def sklearn_features(config):
+    """The featurizer the n-gram stage used before `guard.hashing` (the same matrix, built string by string)."""
+    common = dict(n_features=config.n_features, alternate_sign=False, lowercase=True, norm="l2", dtype=np.float32)
+    chars = HashingVectorizer(analyzer="char_wb", ngram_range=config.char_ngrams, **common)
+    words = HashingVectorizer(analyzer="word", ngram_range=config.word_ngrams, token_pattern=r"(?u)\b\w+\b", **common)
+    return lambda texts: sp.hstack([chars.transform(texts), words.transform(texts)], format="csr")
 
 
 def timings(call, repeats: int) -> list[float]:
@@ -82,6 +95,17 @@ def main() -> None:
                     q = statistics.quantiles(times, n=100)
                     print(f"{tokens:>6} {lang:>4} | {statistics.median(times):>7.3f} {q[98]:>7.3f}")
             guard.classifier.band = served_band
+        print("\nThe n-gram stage alone (featurize + heads), one text, and sklearn's HashingVectorizer pair it replaced:")
+        print(f"{'tokens':>6} {'lang':>4} | {'p50 ms':>7} {'p99 ms':>7} {'sklearn p50':>11}")
+        ngram = guard.classifier.fast if isinstance(guard.classifier, CascadeClassifier) else guard.classifier
+        reference = sklearn_features(ngram.config)
+        for tokens in (16, 64, 128, 256):
+            for lang, base in (("en", EN), ("zh", ZH)):
+                text = text_of(tokens, base)
+                times = timings(lambda: ngram.score([text], "input"), args.repeats)
+                q = statistics.quantiles(times, n=100)
+                old = statistics.median(timings(lambda: reference([text]), args.repeats))
+                print(f"{tokens:>6} {lang:>4} | {statistics.median(times):>7.3f} {q[98]:>7.3f} {old:>11.3f}")
         print("\nMiniLM encoder alone, one text:")
         encoders = {"int8": Embedder(int8=True), "bf16" if native_bf16() else "fp32": Embedder(int8=False)}
         if native_bf16():  # where the encoder serves: in bf16, compiled

@@ -19,7 +19,8 @@ def fingerprint() -> str:
     """Hash of the training code and the project's own data: an artifact built from other inputs is stale."""
     files = sorted([*OWN_DATA.glob("*.jsonl"), PACKAGE / "datasets.py", PACKAGE / "train.py",
                     PACKAGE / "classifiers" / "ngram.py", PACKAGE / "classifiers" / "encoder.py",
-                    PACKAGE / "classifiers" / "cascade.py", PACKAGE / "normalize.py", PACKAGE / "gloss.py"])
+                    PACKAGE / "classifiers" / "cascade.py", PACKAGE / "normalize.py", PACKAGE / "gloss.py",
+                    PACKAGE / "hashing.py"])
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.read_bytes())

@@ -1,7 +1,7 @@
 """The fast stage: logistic regression on hashed character n-grams (plus word n-grams).
 
 Character n-grams need no tokenizer and work the same for Chinese and English; hashing keeps the
-model a fixed size with no vocabulary to build. Scoring one text takes well under a millisecond.
+model a fixed size with no vocabulary to build. Scoring one text takes 0.2-0.6 ms (`guard.hashing`).
 Heads: input harm, input prompt injection, output harm, and a hazard category head shared by both.
 """
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 import joblib
 import numpy as np
 import scipy.sparse as sp
-from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import SGDClassifier
 
 from guard.classifiers.base import Direction, Scores
+from guard.hashing import HashedNgrams
 
 MODEL_FILE = "ngram.joblib"
 
@@ -31,16 +31,10 @@ class NgramConfig:
     seed: int = 0
 
 
-class Featurizer:
-    def __init__(self, config: NgramConfig):
-        common = dict(n_features=config.n_features, alternate_sign=False, lowercase=True, norm="l2",
-                      dtype=np.float32)  # same dtype as the weights: no per-call upcast copy of them
-        self.chars = HashingVectorizer(analyzer="char_wb", ngram_range=config.char_ngrams, **common)
-        self.words = HashingVectorizer(analyzer="word", ngram_range=config.word_ngrams,
-                                       token_pattern=r"(?u)\b\w+\b", **common)
-
-    def __call__(self, texts: Sequence[str]) -> sp.csr_matrix:
-        return sp.hstack([self.chars.transform(texts), self.words.transform(texts)], format="csr")
+def featurizer(config: NgramConfig) -> HashedNgrams:
+    """Lowercased char_wb and word n-gram counts, hashed, each part l2-normalised: float32 CSR (N, 2F), the
+    dtype of the weights (no per-call upcast copy of them)."""
+    return HashedNgrams(config.n_features, config.char_ngrams, config.word_ngrams)
 
 
 @dataclass(frozen=True)
@@ -94,7 +88,7 @@ class NgramClassifier:
 
     def __init__(self, config: NgramConfig, heads: dict[str, LinearHead]):
         self.config = config
-        self.featurize = Featurizer(config)
+        self.featurize = featurizer(config)
         self.heads = heads
 
     @classmethod
@@ -102,7 +96,7 @@ class NgramClassifier:
             categories: Sequence[str | None], weights: Sequence[float], config: NgramConfig,
             injection_category: str = "prompt_injection") -> NgramClassifier:
         """Train every head on its slice of the rows (one shared feature matrix)."""
-        x = Featurizer(config)(texts)
+        x = featurizer(config)(texts)
         w = np.asarray(weights, dtype=float)
         heads = {name: LinearHead.fit(x[rows], y[rows], w[rows], config)
                  for name, (rows, y) in head_rows(directions, unsafe, categories, injection_category).items()}

@@ -71,7 +71,9 @@ def is_chinese(text: str) -> bool:
 
 def canonical(text: str) -> str:
     """NFKC (full-width letters, ligatures; not Chinese punctuation), no zero-width/control characters or stray
-    combining marks, homoglyphs folded to Latin, spaced-out letters rejoined; whitespace collapsed."""
+    combining marks, homoglyphs folded to Latin, spaced-out letters rejoined; whitespace collapsed. Half of a
+    surrogate pair (an emoji cut in two, which no encoder takes) becomes U+FFFD; two halves make the character."""
+    text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     text = "".join(part if CJK_PUNCTUATION.fullmatch(part) else unicodedata.normalize("NFKC", part)
                    for part in CJK_PUNCTUATION.split(text))
     text = ZERO_WIDTH.sub("", text)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from guard.interface import Message
 from serve.errors import APIError
@@ -15,19 +15,33 @@ UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logprobs",
                "modalities", "prediction")
 
 
+def _valid_unicode(text: str) -> str:
+    """JSON can carry half of a surrogate pair ("\\ud83d", an emoji cut in two), which no tokenizer or UTF-8
+    encoder takes: named here as the client's error rather than failing inside the engine or the guard."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"the text holds an unpaired surrogate ({text[exc.start]!r} at character {exc.start}); "
+                         "send valid Unicode") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]  # a string the engine and the guard can read
+
+
 class TextPart(BaseModel):
     """A text part of a message's content (images and audio are not supported)."""
 
     model_config = ConfigDict(extra="forbid")
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
     """One message of the conversation."""
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: Text | list[TextPart]
     name: str | None = None
 
     def to_message(self) -> Message:
@@ -56,7 +70,7 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate (default: the rest of the context).")
     max_completion_tokens: int | None = Field(None, ge=1, description="Newer name for max_tokens; wins if both are set.")
     n: int = Field(1, ge=1, description="Number of choices to generate.")
-    stop: str | list[str] | None = Field(None, description="Up to 16 strings that end generation (not included).")
+    stop: Text | list[Text] | None = Field(None, description="Up to 16 strings that end generation (not included).")
     seed: int | None = Field(None, description="Makes sampling reproducible.")
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
@@ -230,13 +244,13 @@ def finish_reason(vllm_reason: str | None) -> FinishReason | None:
 class ModerationRequest(BaseModel):
     """POST /v1/moderations body (OpenAI's schema, text only)."""
 
-    input: str | list[str] | list[TextPart] = Field(
+    input: Text | list[Text] | list[TextPart] = Field(
         description="Text or texts to classify, or OpenAI's multi-modal form: a list of text parts, one input "
         "(images are not supported).")
     model: str | None = Field(None, description="Ignored: the server's guard answers.")
     direction: Literal["input", "output"] = Field(
         "input", description="guardchat extension: judge the text as a user message or as a model reply.")
-    context: str | None = Field(
+    context: Text | None = Field(
         None, description="guardchat extension, with direction 'output': the user request the texts reply to. A "
         "reply that does not decline a request the input check blocks is flagged.")
 
@@ -302,10 +316,10 @@ class FeedbackRequest(BaseModel):
 
     messages: list[ChatMessage] = Field(min_length=1, description="The conversation the answer replied to.")
     model: str | None = Field(None, description="The policy that answered (default: the served model).")
-    response: str | None = Field(None, min_length=1, description="The rated answer (with `rating`).")
+    response: Text | None = Field(None, min_length=1, description="The rated answer (with `rating`).")
     rating: Literal["like", "dislike"] | None = Field(None, description="like or dislike (with `response`).")
-    chosen: str | None = Field(None, min_length=1, description="The preferred of two answers (with `rejected`).")
-    rejected: str | None = Field(None, min_length=1, description="The other answer (with `chosen`).")
+    chosen: Text | None = Field(None, min_length=1, description="The preferred of two answers (with `rejected`).")
+    rejected: Text | None = Field(None, min_length=1, description="The other answer (with `chosen`).")
     guard: dict[str, Any] | None = Field(None, description="The guard's verdicts on the answer(s), as returned.")
 
     @model_validator(mode="after")

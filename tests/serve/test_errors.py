@@ -1,6 +1,8 @@
 """Bad input gets OpenAI error JSON naming the parameter, and the server keeps serving."""
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -53,6 +55,12 @@ CASES = [
      "tools", None),
     ("json response format", {"model": "{model}", "messages": USER, "response_format": {"type": "json_object"}}, 400,
      "response_format.type", "invalid_value"),
+    ("half an emoji (unpaired surrogate)", {"model": "{model}", "messages": [{"role": "user", "content": "joke \ud83d"}]},
+     400, "messages[0].content", "invalid_value"),
+    ("unpaired surrogate in a text part", {"model": "{model}", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "\udc00 hi"}]}]}, 400, "messages[0].content", "invalid_value"),
+    ("unpaired surrogate in a stop", {"model": "{model}", "messages": USER, "stop": ["\ud800"]}, 400, "stop",
+     "invalid_value"),
     ("stream_options without stream", {"model": "{model}", "messages": USER, "stream_options": {"include_usage": True}},
      400, "stream_options", None),
 ]
@@ -64,7 +72,8 @@ def fill(body, model_name):
 
 @pytest.mark.parametrize("case,body,status,param,code", CASES, ids=[c[0] for c in CASES])
 def test_bad_request_names_the_parameter(tiny_server, model_name, case, body, status, param, code):
-    r = httpx.post(tiny_server.base_url + "/v1/chat/completions", json=fill(body, model_name), timeout=30)
+    r = httpx.post(tiny_server.base_url + "/v1/chat/completions", content=json.dumps(fill(body, model_name)),
+                   headers={"content-type": "application/json"}, timeout=30)  # ASCII JSON: "\ud83d" as sent
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error["param"] == param
@@ -106,6 +115,7 @@ def test_unknown_route_and_wrong_method(tiny_server):
 
 def test_server_keeps_serving_after_bad_input(client, tiny_server, model_name):
     for case in CASES:
-        httpx.post(tiny_server.base_url + "/v1/chat/completions", json=fill(case[1], model_name), timeout=30)
+        httpx.post(tiny_server.base_url + "/v1/chat/completions", content=json.dumps(fill(case[1], model_name)),
+                   headers={"content-type": "application/json"}, timeout=30)
     assert httpx.get(tiny_server.base_url + "/health").status_code == 200
     assert client.chat.completions.create(model=model_name, messages=USER, max_tokens=3).choices[0].message.content

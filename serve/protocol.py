@@ -260,6 +260,8 @@ class ModerationRequest(BaseModel):
         for i, part in enumerate(value if isinstance(value, list) else []):
             if isinstance(part, dict) and part.get("type") != "text":
                 raise ValueError(f"only text can be moderated here: item {i} has type {part.get('type')!r}")
+            if isinstance(part, str):  # named here: the union's errors would say "should be a valid string"
+                _valid_unicode(part)
         return value
 
     @field_validator("input")

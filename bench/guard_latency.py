@@ -15,10 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import scipy.sparse as sp
-from sklearn.feature_extraction.text import HashingVectorizer
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from threadpoolctl import threadpool_limits  # noqa: E402
 
@@ -27,6 +23,7 @@ from guard.artifact import ensure_artifact  # noqa: E402
 from guard.classifiers.cascade import CascadeClassifier  # noqa: E402
 from guard.classifiers.encoder import Embedder  # noqa: E402
 from guard.config import GuardSettings  # noqa: E402
+from guard.hashing import sklearn_reference  # noqa: E402
 from guard.pipeline import GuardPipeline  # noqa: E402
 from serve.hardware import native_bf16  # noqa: E402
 from serve.settings import default_cache_dir  # noqa: E402
@@ -39,14 +36,6 @@ ZH = "请解释一下水循环是如何运作的，以及为什么云会根据�
 def text_of(tokens: int, base: str) -> str:
     words = (base * 20)
     return words[: tokens * 4] if base is EN else words[: int(tokens * 1.5)]
-
-
-def sklearn_features(config):
-    """The featurizer the n-gram stage used before `guard.hashing` (the same matrix, built string by string)."""
-    common = dict(n_features=config.n_features, alternate_sign=False, lowercase=True, norm="l2", dtype=np.float32)
-    chars = HashingVectorizer(analyzer="char_wb", ngram_range=config.char_ngrams, **common)
-    words = HashingVectorizer(analyzer="word", ngram_range=config.word_ngrams, token_pattern=r"(?u)\b\w+\b", **common)
-    return lambda texts: sp.hstack([chars.transform(texts), words.transform(texts)], format="csr")
 
 
 def timings(call, repeats: int) -> list[float]:
@@ -98,7 +87,7 @@ def main() -> None:
         print("\nThe n-gram stage alone (featurize + heads), one text, and sklearn's HashingVectorizer pair it replaced:")
         print(f"{'tokens':>6} {'lang':>4} | {'p50 ms':>7} {'p99 ms':>7} {'sklearn p50':>11}")
         ngram = guard.classifier.fast if isinstance(guard.classifier, CascadeClassifier) else guard.classifier
-        reference = sklearn_features(ngram.config)
+        reference = sklearn_reference(ngram.config.n_features, ngram.config.char_ngrams, ngram.config.word_ngrams)
         for tokens in (16, 64, 128, 256):
             for lang, base in (("en", EN), ("zh", ZH)):
                 text = text_of(tokens, base)

@@ -107,13 +107,25 @@ def word_slices(texts: Sequence[str], ngrams: tuple[int, int]) -> Slices:
     tokens, length, row = _units(texts, WORDS.findall)
     start = np.cumsum(length + 1) - length - 1
     end = start + length
-    lo, hi = ngrams
-    count = len(tokens)
-    same = [row[: max(count - n + 1, 0)] == row[n - 1:] for n in range(lo, hi + 1)]  # all n tokens of one text
-    starts = np.concatenate([start[: max(count - n + 1, 0)][s] for n, s in zip(range(lo, hi + 1), same)])
-    ends = np.concatenate([end[n - 1:][s] for n, s in zip(range(lo, hi + 1), same)])
-    rows = np.concatenate([row[: max(count - n + 1, 0)][s] for n, s in zip(range(lo, hi + 1), same)])
-    return " ".join(tokens), starts, ends, rows
+    starts, ends, rows = [], [], []
+    for n in range(ngrams[0], ngrams[1] + 1):
+        first = row[: max(len(tokens) - n + 1, 0)]                          # the row of each n-gram's first token
+        same = first == row[n - 1:]                                          # ... and of its last: one text
+        starts.append(start[: len(first)][same])
+        ends.append(end[n - 1:][same])
+        rows.append(first[same])
+    return " ".join(tokens), np.concatenate(starts), np.concatenate(ends), np.concatenate(rows)
+
+
+def sklearn_reference(n_features: int, char_ngrams: tuple[int, int], word_ngrams: tuple[int, int]):
+    """What `HashedNgrams` equals, built string by string: sklearn's two hashing vectorizers side by side (the
+    n-gram stage's featurizer before this module; tests and the latency benchmark compare against it)."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    common = dict(n_features=n_features, alternate_sign=False, lowercase=True, norm="l2", dtype=np.float32)
+    chars = HashingVectorizer(analyzer="char_wb", ngram_range=char_ngrams, **common)
+    words = HashingVectorizer(analyzer="word", ngram_range=word_ngrams, token_pattern=WORDS.pattern, **common)
+    return lambda texts: sp.hstack([chars.transform(texts), words.transform(texts)], format="csr")
 
 
 class HashedNgrams:

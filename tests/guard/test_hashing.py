@@ -8,26 +8,16 @@ import random
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
-from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.utils import murmurhash3_32
 
 from guard.classifiers.ngram import NgramConfig, featurizer
 from guard.datasets import OWN_DATA
-from guard.hashing import murmur3
+from guard.hashing import murmur3, sklearn_reference
 
 EDGES = ["", " ", "\t\n", "a", "ab", "I", "x y z", "Hello, World!", "how do I kill a Python process?",
          "如何杀死一个进程？", "a" * 100, "超长" * 50, "word " * 300, "Ǆ ǅ ǆ İstanbul ΣΑΣ", "😀 𝔘𝔫𝔦 ﬁne",
          "under_score snake_case_name x2", "tabs\tand\nnew\r\nlines  and   runs", "ＦＵＬＬ ｗｉｄｔｈ",
          "a " + "supercalifragilisticexpialidocious" * 3 + " b", "мир 世界 🌍", "\u200bzero\u200bwidth"]
-
-
-def sklearn_features(config: NgramConfig, texts: list[str]) -> sp.csr_matrix:
-    """The reference: sklearn's two hashing vectorizers as the n-gram stage used them, side by side."""
-    common = dict(n_features=config.n_features, alternate_sign=False, lowercase=True, norm="l2", dtype=np.float32)
-    chars = HashingVectorizer(analyzer="char_wb", ngram_range=config.char_ngrams, **common)
-    words = HashingVectorizer(analyzer="word", ngram_range=config.word_ngrams, token_pattern=r"(?u)\b\w+\b", **common)
-    return sp.hstack([chars.transform(texts), words.transform(texts)], format="csr")
 
 
 def random_texts(count: int, seed: int = 0) -> list[str]:
@@ -46,7 +36,8 @@ def own_texts() -> list[str]:
                                                                 word_ngrams=(1, 3))], ids=["default", "other ranges"])
 @pytest.mark.parametrize("texts", [EDGES, random_texts(600), own_texts()], ids=["edges", "random unicode", "own data"])
 def test_features_equal_sklearns_hashing_vectorizer(config, texts):
-    ours, reference = featurizer(config)(texts), sklearn_features(config, texts)
+    ours = featurizer(config)(texts)
+    reference = sklearn_reference(config.n_features, config.char_ngrams, config.word_ngrams)(texts)
     reference.sort_indices()
     assert ours.shape == reference.shape and ours.dtype == reference.dtype
     np.testing.assert_array_equal(ours.indptr, reference.indptr)
